@@ -1,0 +1,8 @@
+"""pyro-vae: the VAE and the conditional VAE as Pyro programs, fitted by SVI."""
+
+from .config import TrainConfig, VAEConfig
+from .elbo import ELBOTerms, elbo_terms
+from .model import VAE, VAEGuide, VAEModel
+
+__all__ = ["VAE", "VAEConfig", "TrainConfig", "VAEModel", "VAEGuide", "ELBOTerms", "elbo_terms"]
+__version__ = "0.1.0"

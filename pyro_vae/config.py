@@ -1,0 +1,103 @@
+"""Configuration of the model and of a training run, as typed dataclasses.
+
+A checkpoint stores both as plain dicts, so a run can be rebuilt from its directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class VAEConfig:
+    """What is needed to rebuild a :class:`pyro_vae.VAE`."""
+
+    x_dim: int = 784
+    z_dim: int = 50
+    # One hidden layer of 400 and z_dim 50 are Pyro's own VAE example, so results compare.
+    hidden_dims: tuple[int, ...] = (400,)
+    # Softplus is what Pyro's example uses; any name in networks.ACTIVATIONS works.
+    activation: str = "softplus"
+    # 0 = unconditional; 10 for MNIST digits makes the conditional VAE (same model and guide).
+    num_classes: int = 0
+    # Names from priors.PRIORS / likelihoods.LIKELIHOODS; "custom" when a user passed an object.
+    prior: str = "normal"
+    likelihood: str = "bernoulli"
+    # Mixture components (mog) or pseudo-inputs (vamp); ignored by the other priors.
+    prior_components: int = 10
+    # Fixed observation scale for the gaussian/laplace likelihoods; None = learned per pixel.
+    likelihood_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        if self.z_dim < 1:
+            raise ValueError(f"z_dim must be at least 1, got {self.z_dim}")
+        if self.num_classes < 0:
+            raise ValueError(
+                f"num_classes must be 0 (unconditional) or more, got {self.num_classes}"
+            )
+        if any(h < 1 for h in self.hidden_dims):
+            raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden_dims"] = list(self.hidden_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
+        return cls(**_known_fields(cls, d))
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (the CLI's flags)."""
+
+    data_dir: str = "data"
+    out: str = "runs/vae"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    # "trace" = Trace_ELBO (Monte Carlo KL), "meanfield" = TraceMeanField_ELBO (analytic KL).
+    elbo: str = "trace"
+    num_particles: int = 1
+    # "dynamic": a fresh Bernoulli(intensity) draw each time a training batch is used;
+    # "threshold": pixel > 0.5; "none": grayscale in [0, 1] (for non-Bernoulli likelihoods).
+    # "auto" resolves to "dynamic" for binary likelihoods, "none" for the others.
+    binarize: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    # Use only the first N training / test images (0 = all); for quick runs and tests.
+    train_subset: int = 0
+    test_subset: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.elbo not in ("trace", "meanfield"):
+            raise ValueError(f"elbo must be 'trace' or 'meanfield', got {self.elbo!r}")
+        if self.binarize not in ("auto", "dynamic", "threshold", "none"):
+            raise ValueError(
+                f"binarize must be auto, dynamic, threshold or none, got {self.binarize!r}"
+            )
+        for name in ("epochs", "batch_size", "num_particles"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**_known_fields(cls, d))
+
+
+def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(names)}")
+    return dict(d)

@@ -1,0 +1,172 @@
+"""Likelihoods p(x | z): modules from the decoder's output to a Pyro distribution over pixels.
+
+A likelihood says how many decoder outputs it needs per pixel (``params_per_pixel``), which
+data it accepts (``data_kind``) and checks a batch against that support with an error that
+suggests the fix. Adding a likelihood is one class and one line in ``LIKELIHOODS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import VAEConfig
+
+# Beta data must lie strictly inside (0, 1); pixels are squeezed into [EPS, 1 - EPS].
+BETA_EPS = 1e-3
+# Learned scales and concentrations stay above this, so log-densities stay finite.
+MIN_SCALE = 1e-3
+
+
+class Likelihood(nn.Module):
+    """Base class. Subclasses set the class attributes and implement ``forward``."""
+
+    params_per_pixel: int = 1
+    # "binary": {0, 1}; "unit": [0, 1]; "open-unit": (0, 1); "real": any float.
+    data_kind: str = "real"
+    name: str = "custom"
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Maps grayscale pixels in [0, 1] to this likelihood's data representation."""
+        return x
+
+    def check(self, x: Tensor) -> None:
+        """Raises ValueError when ``x`` is outside this likelihood's support."""
+        bad = _support_violation(x, self.data_kind)
+        if bad:
+            raise ValueError(f"the {self.name} likelihood needs {bad}; {_fix_hint(self.data_kind)}")
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+
+def _support_violation(x: Tensor, kind: str) -> str:
+    if kind == "binary" and not ((x == 0) | (x == 1)).all():
+        return "pixels that are exactly 0 or 1 but got grayscale values"
+    if kind == "unit" and not ((x >= 0) & (x <= 1)).all():
+        return "pixels in [0, 1]"
+    if kind == "open-unit" and not ((x > 0) & (x < 1)).all():
+        return "pixels strictly inside (0, 1)"
+    return ""
+
+
+def _fix_hint(kind: str) -> str:
+    if kind == "binary":
+        return (
+            "binarize the data (--binarize dynamic or threshold) or use a likelihood for "
+            "grayscale pixels (--likelihood continuous-bernoulli)"
+        )
+    if kind == "open-unit":
+        return "squeeze the pixels with the likelihood's prepare() (the data pipeline does this)"
+    return "scale the pixels to [0, 1] (--binarize none gives grayscale in [0, 1])"
+
+
+class BernoulliLikelihood(Likelihood):
+    """x_i ~ Bernoulli(logits = out_i): binarized pixels."""
+
+    data_kind = "binary"
+    name = "bernoulli"
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        return dist.Bernoulli(logits=out).to_event(1)
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x_i ~ ContinuousBernoulli(logits = out_i): grayscale in [0, 1] (Loaiza-Ganem & Cunningham)."""
+
+    data_kind = "unit"
+    name = "continuous-bernoulli"
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=out).to_event(1)
+
+
+class _LocScaleLikelihood(Likelihood):
+    """Location = sigmoid(out) in (0, 1); scale fixed, or learned per pixel (2 outputs)."""
+
+    family: type[dist.Distribution] = dist.Normal
+
+    def __init__(self, scale: float | None = None) -> None:
+        super().__init__()
+        self.scale = scale
+        self.params_per_pixel = 1 if scale is not None else 2
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        if self.scale is not None:
+            return self.family(torch.sigmoid(out), self.scale).to_event(1)
+        loc, raw_scale = out.chunk(2, dim=-1)
+        return self.family(torch.sigmoid(loc), F.softplus(raw_scale) + MIN_SCALE).to_event(1)
+
+
+class GaussianLikelihood(_LocScaleLikelihood):
+    """x_i ~ N(sigmoid(out_i), scale): grayscale; fixed or learned per-pixel scale."""
+
+    family = dist.Normal
+    data_kind = "real"
+    name = "gaussian"
+
+
+class LaplaceLikelihood(_LocScaleLikelihood):
+    """x_i ~ Laplace(sigmoid(out_i), scale): grayscale; fixed or learned per-pixel scale."""
+
+    family = dist.Laplace
+    data_kind = "real"
+    name = "laplace"
+
+
+class BetaLikelihood(Likelihood):
+    """x_i ~ Beta(a_i, b_i), both from the decoder: grayscale squeezed into (0, 1)."""
+
+    params_per_pixel = 2
+    data_kind = "open-unit"
+    name = "beta"
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return x.clamp(BETA_EPS, 1 - BETA_EPS)
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        raw_a, raw_b = out.chunk(2, dim=-1)
+        return dist.Beta(F.softplus(raw_a) + MIN_SCALE, F.softplus(raw_b) + MIN_SCALE).to_event(1)
+
+
+LIKELIHOODS: dict[str, Callable[[VAEConfig], Likelihood]] = {
+    "bernoulli": lambda c: BernoulliLikelihood(),
+    "continuous-bernoulli": lambda c: ContinuousBernoulliLikelihood(),
+    "gaussian": lambda c: GaussianLikelihood(c.likelihood_scale),
+    "laplace": lambda c: LaplaceLikelihood(c.likelihood_scale),
+    "beta": lambda c: BetaLikelihood(),
+}
+
+
+class _CallableLikelihood(Likelihood):
+    """Wraps a user callable ``out -> distribution``; it decides its own support checks."""
+
+    def __init__(
+        self, fn: Callable[[Tensor], dist.Distribution], params_per_pixel: int = 1
+    ) -> None:
+        super().__init__()
+        self.fn = fn
+        self.params_per_pixel = params_per_pixel
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        d = self.fn(out)
+        return d if d.event_shape else d.to_event(1)
+
+
+def build_likelihood(likelihood: str | Callable | Likelihood, config: VAEConfig) -> Likelihood:
+    """The one place a likelihood name (or a user callable) becomes a likelihood module."""
+    if isinstance(likelihood, str):
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}"
+            )
+        return LIKELIHOODS[likelihood](config)
+    if isinstance(likelihood, Likelihood):
+        return likelihood
+    if callable(likelihood):
+        return _CallableLikelihood(likelihood, getattr(likelihood, "params_per_pixel", 1))
+    raise TypeError(f"likelihood must be a name or a callable, got {type(likelihood).__name__}")

@@ -1,0 +1,216 @@
+"""The VAE: a Pyro model p(x, z | y) and an amortized guide q(z | x, y), both ``PyroModule`` s.
+
+Generative story (model), for each image n in the plate ``"data"``::
+
+    z_n ~ p(z | y_n)                              # prior, N(0, I) by default
+    x_n ~ p(x | decoder(z_n, y_n))                # likelihood, Bernoulli(logits) by default
+
+Guide::
+
+    z_n ~ N(loc(x_n, y_n), diag(scale(x_n, y_n)^2))
+
+The conditional VAE is the same model and guide built with ``num_classes > 0``: the one-hot
+label is appended to the encoder's and the decoder's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from .config import VAEConfig
+from .likelihoods import Likelihood, build_likelihood
+from .networks import Decoder, Encoder
+from .priors import PriorLike, as_latent_event, build_prior
+
+
+def check_labels(y: Tensor | None, num_classes: int, batch_size: int | None) -> None:
+    """Raises ValueError for labels that do not fit the model; runs before any network."""
+    if num_classes and y is None:
+        raise ValueError(
+            f"this VAE is conditional (num_classes={num_classes}): pass the labels y as a "
+            "LongTensor of shape [batch]"
+        )
+    if not num_classes and y is not None:
+        raise ValueError(
+            "labels were given to an unconditional VAE (num_classes=0): drop y, or build the "
+            "VAE with num_classes > 0"
+        )
+    if y is None:
+        return
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"labels y must be an integer tensor, got dtype {y.dtype}")
+    if y.dim() != 1:
+        raise ValueError(f"labels y must have shape [batch], got {tuple(y.shape)}")
+    if batch_size is not None and y.shape[0] != batch_size:
+        raise ValueError(f"{y.shape[0]} labels for a batch of {batch_size} images")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]"
+        )
+
+
+def _flat_images(x: Tensor, x_dim: int) -> Tensor:
+    x = x.flatten(1) if x.dim() > 2 else x
+    if x.dim() != 2 or x.shape[-1] != x_dim:
+        raise ValueError(
+            f"x must have shape [batch, {x_dim}] (or [batch, 1, 28, 28]), got {tuple(x.shape)}"
+        )
+    return x
+
+
+class VAEModel(PyroModule):
+    """p(x, z | y): prior, decoder, likelihood. Call as ``model(x, y)``; x=None samples x."""
+
+    def __init__(
+        self, decoder: Decoder, prior: nn.Module, likelihood: Likelihood, config: VAEConfig
+    ):
+        super().__init__()
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+        self.z_dim = config.z_dim
+        self.x_dim = config.x_dim
+        self.num_classes = config.num_classes
+
+    def forward(
+        self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
+    ) -> Tensor:
+        """x: [B, x_dim] or None; y: [B] labels or None; batch_size when both are None.
+
+        Returns the decoder's raw output [..., B, params_per_pixel * x_dim].
+        """
+        if x is not None:
+            x = _flat_images(x, self.x_dim)
+        n = x.shape[0] if x is not None else (y.shape[0] if y is not None else batch_size)
+        if n is None:
+            raise ValueError("give images x, labels y or batch_size, so the model knows how many")
+        check_labels(y, self.num_classes, n)
+        if x is not None and torch.distributions.Distribution._validate_args:
+            self.likelihood.check(x)
+        y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
+        with pyro.plate("data", n):
+            z = pyro.sample("z", as_latent_event(self.prior(y), self.z_dim))
+            out = self.decoder(z, y_onehot)
+            pyro.sample("x", self.likelihood(out), obs=x)
+        return out
+
+
+class VAEGuide(PyroModule):
+    """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)). Call as ``guide(x, y)``."""
+
+    def __init__(self, encoder: Encoder, config: VAEConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.x_dim = config.x_dim
+        self.num_classes = config.num_classes
+
+    def forward(
+        self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
+    ) -> Tensor:
+        """x: [B, x_dim]; y: [B] labels or None. Returns z [..., B, z_dim]."""
+        if x is None:
+            raise ValueError("the guide q(z | x) needs images x")
+        x = _flat_images(x, self.x_dim)
+        check_labels(y, self.num_classes, x.shape[0])
+        y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x, y_onehot)
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+
+class VAE(PyroModule):
+    """A VAE whose ``.model`` and ``.guide`` are PyroModules for SVI or the ELBO-as-module path.
+
+    Example::
+
+        vae = VAE(z_dim=50, hidden_dims=(400,))
+        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        loss = svi.step(x)        # x: [batch, 784] of 0/1 pixels
+
+    ``prior`` is a name from ``priors.PRIORS``, a ``pyro.distributions`` object whose batch
+    shape broadcasts to [z_dim], or a module/callable ``y -> distribution``. ``likelihood`` is
+    a name from ``likelihoods.LIKELIHOODS`` or a callable ``decoder output -> distribution``.
+    """
+
+    def __init__(
+        self,
+        z_dim: int = 50,
+        hidden_dims: tuple[int, ...] = (400,),
+        *,
+        num_classes: int = 0,
+        activation: str = "softplus",
+        prior: str | PriorLike = "normal",
+        likelihood: str | Callable | Likelihood = "bernoulli",
+        x_dim: int = 784,
+        prior_components: int = 10,
+        likelihood_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = VAEConfig(
+            x_dim=x_dim,
+            z_dim=z_dim,
+            hidden_dims=tuple(hidden_dims),
+            activation=activation,
+            num_classes=num_classes,
+            prior=prior if isinstance(prior, str) else "custom",
+            likelihood=likelihood if isinstance(likelihood, str) else "custom",
+            prior_components=prior_components,
+            likelihood_scale=likelihood_scale,
+        )
+        c = self.config
+        lik = build_likelihood(likelihood, c)
+        encoder = Encoder(c.x_dim, c.z_dim, c.hidden_dims, c.activation, c.num_classes)
+        decoder = Decoder(
+            c.z_dim, lik.params_per_pixel * c.x_dim, c.hidden_dims, c.activation, c.num_classes
+        )
+        self.guide = VAEGuide(encoder, c)
+        self.model = VAEModel(decoder, build_prior(prior, c, encoder), lik, c)
+
+    @classmethod
+    def from_config(cls, config: VAEConfig) -> VAE:
+        d = config.to_dict()
+        return cls(**d)
+
+    @property
+    def likelihood(self) -> Likelihood:
+        return self.model.likelihood
+
+    def _onehot(self, y: Tensor | None, n: int) -> Tensor | None:
+        check_labels(y, self.config.num_classes, n)
+        return F.one_hot(y, self.config.num_classes).float() if y is not None else None
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Posterior loc and scale, each [B, z_dim]."""
+        x = _flat_images(x, self.config.x_dim)
+        return self.guide.encoder(x, self._onehot(y, x.shape[0]))
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Mean of p(x | z, y), [..., B, x_dim]: what the figures show."""
+        out = self.model.decoder(z, self._onehot(y, z.shape[-2]))
+        return self.likelihood(out).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Decoder mean at the posterior mean, [B, x_dim]."""
+        loc, _ = self.encode(x, y)
+        return self.decode(loc, y)
+
+    @torch.no_grad()
+    def sample(self, num: int | None = None, y: Tensor | None = None) -> Tensor:
+        """Decoder means at z drawn from the prior: [num, x_dim] (num = len(y) if labels given)."""
+        n = y.shape[0] if y is not None else num
+        if n is None:
+            raise ValueError("give num (unconditional) or labels y (conditional)")
+        check_labels(y, self.config.num_classes, n)
+        prior = as_latent_event(self.model.prior(y), self.config.z_dim)
+        z = prior.sample((n,) if not prior.batch_shape else ())
+        return self.decode(z, y)

@@ -1,0 +1,88 @@
+"""Encoder and decoder networks: MLPs whose layers are PyroModules.
+
+The layers are ``PyroModule[nn.Linear]`` so that classic ``pyro.infer.SVI`` finds their
+parameters through ``pyro.param`` statements, while the ELBO-as-module path
+(``pyro.settings.set(module_local_params=True)``) sees ordinary ``nn.Parameter`` s.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "softplus": nn.Softplus,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+# Keeps the guide's scale away from 0, where log q(z | x) would blow up.
+MIN_SCALE = 1e-4
+
+
+def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, activation: str) -> nn.Module:
+    """``Linear -> act -> ... -> Linear``; the last layer has no activation."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    dims = (in_dim, *hidden_dims)
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers += [PyroModule[nn.Linear](d_in, d_out), ACTIVATIONS[activation]()]
+    layers.append(PyroModule[nn.Linear](dims[-1], out_dim))
+    return PyroModule[nn.Sequential](*layers)
+
+
+def with_label(h: Tensor, y_onehot: Tensor | None) -> Tensor:
+    """Appends the one-hot label to a network input, broadcasting leading (particle) dims.
+
+    h: [..., B, D], y_onehot: [B, C] or None -> [..., B, D + C].
+    """
+    if y_onehot is None:
+        return h
+    y_onehot = y_onehot.to(h.dtype).expand(*h.shape[:-1], y_onehot.shape[-1])
+    return torch.cat([h, y_onehot], dim=-1)
+
+
+class Encoder(PyroModule):
+    """x [..., B, x_dim] (and one-hot y [B, C]) -> loc, scale, each [..., B, z_dim]."""
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden_dims: tuple[int, ...],
+        activation: str,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.net = mlp(x_dim + num_classes, hidden_dims, 2 * z_dim, activation)
+
+    def forward(self, x: Tensor, y_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out = self.net(with_label(x, y_onehot))
+        loc, raw_scale = out.split(self.z_dim, dim=-1)
+        # softplus rather than exp: positive by construction without overflow for large inputs.
+        return loc, F.softplus(raw_scale) + MIN_SCALE
+
+
+class Decoder(PyroModule):
+    """z [..., B, z_dim] (and one-hot y [B, C]) -> raw likelihood parameters [..., B, out_dim]."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        out_dim: int,
+        hidden_dims: tuple[int, ...],
+        activation: str,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        # The decoder mirrors the encoder: hidden sizes in reverse order.
+        self.net = mlp(z_dim + num_classes, tuple(reversed(hidden_dims)), out_dim, activation)
+
+    def forward(self, z: Tensor, y_onehot: Tensor | None = None) -> Tensor:
+        return self.net(with_label(z, y_onehot))

@@ -1,0 +1,47 @@
+"""Shared fixtures. Global state (Pyro's param store and settings, torch's RNG) is reset before
+every test; warnings are errors (pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae.data import DATA_ENV, MNIST_FILES
+
+
+@pytest.fixture(autouse=True)
+def _reset_global_state():
+    pyro.clear_param_store()
+    pyro.settings.set(module_local_params=False)
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+    pyro.settings.set(module_local_params=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST (torchvision layout) from $PYRO_VAE_DATA_DIR.
+
+    Skipped when unset on a developer's machine; under CI (CI=true) a missing dataset fails.
+    """
+    root = os.environ.get(DATA_ENV)
+    ok = root and all((Path(root) / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES)
+    if not ok:
+        msg = f"set {DATA_ENV} to a folder holding MNIST/raw (CI uses ../shared/data)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return Path(root)
+
+
+@pytest.fixture
+def binary_batch() -> torch.Tensor:
+    """A small synthetic batch of 0/1 images [8, 784]."""
+    g = torch.Generator().manual_seed(123)
+    return torch.bernoulli(torch.full((8, 784), 0.3), generator=g)
