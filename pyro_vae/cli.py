@@ -35,7 +35,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=default_data_dir(),
-        help=f"folder holding MNIST/raw (downloaded there if missing); default ${DATA_ENV} or ./data",
+        help=f"folder holding MNIST/raw (downloaded if missing); default ${DATA_ENV} or ./data",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 

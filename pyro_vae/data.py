@@ -41,7 +41,7 @@ def default_data_dir() -> str:
 
 
 def load_mnist(root: str | os.PathLike, train: bool) -> tuple[Tensor, Tensor]:
-    """Images as uint8 [N, 784] and labels as int64 [N], through torchvision (downloads if missing)."""
+    """Images as uint8 [N, 784] and labels as int64 [N] via torchvision (downloads if missing)."""
     from torchvision.datasets import MNIST
 
     try:

@@ -76,7 +76,7 @@ class BernoulliLikelihood(Likelihood):
 
 
 class ContinuousBernoulliLikelihood(Likelihood):
-    """x_i ~ ContinuousBernoulli(logits = out_i): grayscale in [0, 1] (Loaiza-Ganem & Cunningham)."""
+    """x_i ~ ContinuousBernoulli(logits = out_i): grayscale in [0, 1] (Loaiza-Ganem 2019)."""
 
     data_kind = "unit"
     name = "continuous-bernoulli"

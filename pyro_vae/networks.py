@@ -30,7 +30,7 @@ def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, activation: str
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     dims = (in_dim, *hidden_dims)
-    for d_in, d_out in zip(dims[:-1], dims[1:]):
+    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
         layers += [PyroModule[nn.Linear](d_in, d_out), ACTIVATIONS[activation]()]
     layers.append(PyroModule[nn.Linear](dims[-1], out_dim))
     return PyroModule[nn.Sequential](*layers)

@@ -26,7 +26,7 @@ PriorLike = dist.Distribution | nn.Module | Callable[[Tensor | None], dist.Distr
 
 
 def as_latent_event(d: dist.Distribution, z_dim: int) -> dist.Distribution:
-    """Makes ``d`` one event over z: a scalar or [z_dim]-batched distribution becomes [z_dim]-event."""
+    """Makes ``d`` one event over z: scalar or [z_dim]-batched becomes a [z_dim] event."""
     if tuple(d.event_shape) == (z_dim,):
         return d
     if d.event_shape == ():
@@ -191,7 +191,8 @@ def build_prior(prior: str | PriorLike, config: VAEConfig, encoder: Encoder) -> 
     if callable(prior):
         return _CallablePrior(prior)
     raise TypeError(
-        f"prior must be a name, a pyro.distributions object or a callable, got {type(prior).__name__}"
+        "prior must be a name, a pyro.distributions object or a callable, "
+        f"got {type(prior).__name__}"
     )
 
 

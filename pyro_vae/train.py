@@ -67,7 +67,8 @@ def _epoch_line(m: dict, epochs: int) -> str:
     return (
         f"epoch {m['epoch']:>3}/{epochs}  train -ELBO {m['train_neg_elbo']:.2f} "
         f"(recon {m['train_recon']:.2f}, KL {m['train_kl']:.2f})  "
-        f"test -ELBO {m['test_neg_elbo']:.2f} (recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  "
+        f"test -ELBO {m['test_neg_elbo']:.2f} "
+        f"(recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  "
         f"[{m['estimator']}, KL {m['kl_kind']}, nats/image]  {m['seconds']:.1f} s"
     )
 
