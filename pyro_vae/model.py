@@ -30,8 +30,17 @@ from .networks import Decoder, Encoder
 from .priors import PriorLike, as_latent_event, build_prior
 
 
-def check_labels(y: Tensor | None, num_classes: int, batch_size: int | None) -> None:
-    """Raises ValueError for labels that do not fit the model; runs before any network."""
+def check_labels(
+    y: Tensor | None,
+    num_classes: int,
+    batch_size: int | None,
+    device: torch.device | None = None,
+) -> None:
+    """Raises ValueError for labels that do not fit the model; runs before any network.
+
+    y: [B] LongTensor in [0, num_classes), or None for an unconditional model. ``batch_size``
+    (when known) is B; ``device`` (when given) is where the images or parameters live.
+    """
     if num_classes and y is None:
         raise ValueError(
             f"this VAE is conditional (num_classes={num_classes}): pass the labels y as a "
@@ -44,16 +53,26 @@ def check_labels(y: Tensor | None, num_classes: int, batch_size: int | None) -> 
         )
     if y is None:
         return
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise ValueError(f"labels y must be an integer tensor, got dtype {y.dtype}")
+    if not torch.is_tensor(y):
+        raise ValueError(
+            f"labels y must be a LongTensor of shape [batch], got {type(y).__name__}; "
+            "wrap them with torch.as_tensor(y)"
+        )
+    if y.dtype != torch.int64:
+        # one_hot and indexing want int64; uint8/bool would even index as a mask.
+        raise ValueError(
+            f"labels y must be a LongTensor (int64), got dtype {y.dtype}; use y.long()"
+        )
     if y.dim() != 1:
         raise ValueError(f"labels y must have shape [batch], got {tuple(y.shape)}")
     if batch_size is not None and y.shape[0] != batch_size:
         raise ValueError(f"{y.shape[0]} labels for a batch of {batch_size} images")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]"
-        )
+    if device is not None and y.device != device:
+        raise ValueError(f"labels y are on {y.device} but the images/model on {device}; use y.to()")
+    if y.numel():
+        lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host read for both bounds
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
 
 
 def _flat_images(x: Tensor, x_dim: int) -> Tensor:
@@ -63,6 +82,11 @@ def _flat_images(x: Tensor, x_dim: int) -> Tensor:
             f"x must have shape [batch, {x_dim}] (or [batch, 1, 28, 28]), got {tuple(x.shape)}"
         )
     return x
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    p = next(iter(module.parameters()), None)
+    return p.device if p is not None else None
 
 
 class VAEModel(PyroModule):
@@ -88,10 +112,12 @@ class VAEModel(PyroModule):
         """
         if x is not None:
             x = _flat_images(x, self.x_dim)
-        n = x.shape[0] if x is not None else (y.shape[0] if y is not None else batch_size)
+        n = x.shape[0] if x is not None else batch_size
+        device = x.device if x is not None else _device_of(self.decoder)
+        check_labels(y, self.num_classes, n, device)
+        n = y.shape[0] if n is None and y is not None else n
         if n is None:
             raise ValueError("give images x, labels y or batch_size, so the model knows how many")
-        check_labels(y, self.num_classes, n)
         if x is not None and torch.distributions.Distribution._validate_args:
             self.likelihood.check(x)
         y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
@@ -118,7 +144,7 @@ class VAEGuide(PyroModule):
         if x is None:
             raise ValueError("the guide q(z | x) needs images x")
         x = _flat_images(x, self.x_dim)
-        check_labels(y, self.num_classes, x.shape[0])
+        check_labels(y, self.num_classes, x.shape[0], x.device)
         y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x, y_onehot)
@@ -183,7 +209,7 @@ class VAE(PyroModule):
         return self.model.likelihood
 
     def _onehot(self, y: Tensor | None, n: int) -> Tensor | None:
-        check_labels(y, self.config.num_classes, n)
+        check_labels(y, self.config.num_classes, n, _device_of(self.model.decoder))
         return F.one_hot(y, self.config.num_classes).float() if y is not None else None
 
     @torch.no_grad()
@@ -207,10 +233,10 @@ class VAE(PyroModule):
     @torch.no_grad()
     def sample(self, num: int | None = None, y: Tensor | None = None) -> Tensor:
         """Decoder means at z drawn from the prior: [num, x_dim] (num = len(y) if labels given)."""
+        check_labels(y, self.config.num_classes, num, _device_of(self.model.decoder))
         n = y.shape[0] if y is not None else num
         if n is None:
             raise ValueError("give num (unconditional) or labels y (conditional)")
-        check_labels(y, self.config.num_classes, n)
         prior = as_latent_event(self.model.prior(y), self.config.z_dim)
         z = prior.sample((n,) if not prior.batch_shape else ())
         return self.decode(z, y)
