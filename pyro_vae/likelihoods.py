@@ -43,6 +43,35 @@ class Likelihood(nn.Module):
     def forward(self, out: Tensor) -> dist.Distribution:
         raise NotImplementedError
 
+    def pixels(self, base: dist.Distribution) -> dist.Distribution:
+        """One event over the pixels whose support error (from Pyro's validation) says the fix.
+
+        Checking inside ``log_prob``, where Pyro validates anyway, costs nothing extra per step.
+        """
+        return _explained_independent(self.name, self.data_kind)(base, 1)
+
+
+_EXPLAINED: dict[tuple[str, str], type] = {}
+
+
+def _explained_independent(name: str, kind: str) -> type:
+    """An Independent subclass per (likelihood, data kind); expand() keeps the class."""
+    if (name, kind) not in _EXPLAINED:
+
+        def log_prob(self, value: Tensor) -> Tensor:
+            try:
+                return dist.Independent.log_prob(self, value)
+            except ValueError as e:
+                if "support" not in str(e):
+                    raise
+                bad = _support_violation(value, kind) or "values inside its support"
+                raise ValueError(f"the {name} likelihood needs {bad}; {_fix_hint(kind)}") from None
+
+        _EXPLAINED[name, kind] = type(
+            "PixelIndependent", (dist.Independent,), {"log_prob": log_prob}
+        )
+    return _EXPLAINED[name, kind]
+
 
 def _support_violation(x: Tensor, kind: str) -> str:
     if kind == "binary" and not ((x == 0) | (x == 1)).all():
@@ -72,7 +101,7 @@ class BernoulliLikelihood(Likelihood):
     name = "bernoulli"
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=out).to_event(1)
+        return self.pixels(dist.Bernoulli(logits=out))
 
 
 class ContinuousBernoulliLikelihood(Likelihood):
@@ -82,7 +111,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
     name = "continuous-bernoulli"
 
     def forward(self, out: Tensor) -> dist.Distribution:
-        return dist.ContinuousBernoulli(logits=out).to_event(1)
+        return self.pixels(dist.ContinuousBernoulli(logits=out))
 
 
 class _LocScaleLikelihood(Likelihood):
@@ -97,9 +126,9 @@ class _LocScaleLikelihood(Likelihood):
 
     def forward(self, out: Tensor) -> dist.Distribution:
         if self.scale is not None:
-            return self.family(torch.sigmoid(out), self.scale).to_event(1)
+            return self.pixels(self.family(torch.sigmoid(out), self.scale))
         loc, raw_scale = out.chunk(2, dim=-1)
-        return self.family(torch.sigmoid(loc), F.softplus(raw_scale) + MIN_SCALE).to_event(1)
+        return self.pixels(self.family(torch.sigmoid(loc), F.softplus(raw_scale) + MIN_SCALE))
 
 
 class GaussianLikelihood(_LocScaleLikelihood):
@@ -130,7 +159,7 @@ class BetaLikelihood(Likelihood):
 
     def forward(self, out: Tensor) -> dist.Distribution:
         raw_a, raw_b = out.chunk(2, dim=-1)
-        return dist.Beta(F.softplus(raw_a) + MIN_SCALE, F.softplus(raw_b) + MIN_SCALE).to_event(1)
+        return self.pixels(dist.Beta(F.softplus(raw_a) + MIN_SCALE, F.softplus(raw_b) + MIN_SCALE))
 
 
 LIKELIHOODS: dict[str, Callable[[VAEConfig], Likelihood]] = {
