@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE  # noqa: E402
-from pyro_vae.data import MNISTData, load_mnist, to_pixels  # noqa: E402
+from pyro_vae.data import MNISTData, load_mnist  # noqa: E402
 from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
 from pyro_vae.train import make_optimizer, resolve_device, train_step  # noqa: E402
 
