@@ -18,6 +18,10 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 # file name -> the tiny arguments (besides --data-dir and --out) that make it run in seconds
 EXAMPLES: dict[str, list[str]] = {
     "vae.py": ["--epochs", "1", "--train-subset", "512", "--test-subset", "256", "--device", "cpu"],
+    "swap_prior_likelihood.py": [
+        "--epochs", "1", "--train-subset", "256", "--test-subset", "64", "--num-samples", "10",
+        "--combos", "normal:bernoulli,mog:continuous-bernoulli", "--device", "cpu",
+    ],
 }
 
 
