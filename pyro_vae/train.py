@@ -108,7 +108,10 @@ def train(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
     device = resolve_device(config.device)
-    vae = VAE.from_config(vae_config)
+    # The initial weights too come from the seed, not from the caller's RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        vae = VAE.from_config(vae_config)
     data = MNISTData.load(
         config.data_dir,
         vae.likelihood,
