@@ -37,7 +37,7 @@ def mnist_dir() -> Path:
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    return Path(root)
+    return Path(root).resolve()  # absolute: subprocesses run from other folders
 
 
 @pytest.fixture
