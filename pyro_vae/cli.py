@@ -97,6 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-particles", type=int, default=1)
     e.add_argument("--test-subset", type=int, default=0, help="use the first N test images")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--num-samples",
+        type=int,
+        default=0,
+        help="K importance samples per image for the test NLL -log p(x), e.g. 5000 (0: skip)",
+    )
+    e.add_argument(
+        "--batch-size", type=int, default=1000, help="test images per NLL batch (default 1000)"
+    )
+
+    c = sub.add_parser(
+        "compare-elbo",
+        help="Trace_ELBO vs TraceMeanField_ELBO on a run: variance, gradient noise, IW bound",
+    )
+    c.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
+    _add_data_args(c)
+    c.add_argument("--test-subset", type=int, default=1000, help="test images (default 1000)")
+    c.add_argument("--repeats", type=int, default=20, help="repeated ELBO evaluations R")
+    c.add_argument("--grad-batch", type=int, default=100, help="fixed minibatch for gradients")
+    c.add_argument("--grad-repeats", type=int, default=50, help="gradients per estimate")
+    c.add_argument("--particles", type=_hidden, default=(1, 10), help="e.g. 1,10 (default)")
+    c.add_argument("--ks", type=_hidden, default=(1, 5, 50, 500, 5000), help="K for the IW bound")
+    c.add_argument("--iw-subset", type=int, default=100, help="test images for the IW bound")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     return parser
 
 
@@ -129,6 +154,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     train(vae_config, config, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {args.out}")
+
+
+def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
+    """The importance-sampled test NLL with K = args.num_samples, seeded like the ELBO."""
+    import torch
+
+    from .loglik import evaluate_log_likelihood
+
+    if args.num_samples < 0 or args.batch_size < 1:
+        raise ValueError("--num-samples must be >= 0 and --batch-size >= 1")
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        return evaluate_log_likelihood(vae, data.test_batches(args.batch_size), args.num_samples)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -166,6 +204,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "units": "nats per image",
         "elbo": results,
     }
+    if args.num_samples:
+        report["log_likelihood"] = _evaluate_nll(args, vae, data, device)
     Path(args.run_dir, "eval.json").write_text(json.dumps(report, indent=2))
     print(f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'recon':>9}{'KL term':>9}   (test, nats/image)")
     for r in results:
@@ -173,10 +213,66 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"{r['estimator']:<22}{r['kl_kind']:<13}{r['neg_elbo']:>9.2f}{r['recon']:>9.2f}"
             f"{r['kl']:>9.2f}"
         )
+    if args.num_samples:
+        ll = report["log_likelihood"]
+        print(
+            f"test NLL {'-log p(x | y)' if ll['conditional'] else '-log p(x)'} "
+            f"{ll['neg_log_likelihood']:.2f} +- {ll['std_error']:.2f} "
+            f"nats/image (importance sampling, K={ll['num_samples']}, {ll['num_images']} images, "
+            f"{ll['seconds']:.1f} s)"
+        )
     print(f"wrote {Path(args.run_dir, 'eval.json')}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_compare_elbo(args: argparse.Namespace) -> None:
+    import torch
+
+    from .checkpoint import load_vae
+    from .compare import compare_estimators, format_table
+    from .compare_plots import comparison_figure
+    from .data import MNISTData
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    vae, ckpt = load_vae(args.run_dir, device)
+    tc = TrainConfig.from_dict(ckpt["train_config"])
+    data = MNISTData.load(
+        args.data_dir,
+        vae.likelihood,
+        tc.binarize,
+        device,
+        train_subset=1,
+        test_subset=args.test_subset,
+    )
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        result = compare_estimators(
+            vae,
+            data.test_x,
+            data.test_y,
+            repeats=args.repeats,
+            grad_batch=args.grad_batch,
+            grad_repeats=args.grad_repeats,
+            particles=args.particles,
+            ks=args.ks,
+            iw_subset=args.iw_subset,
+        )
+    result["protocol"].update(
+        run_dir=str(args.run_dir),
+        epoch=ckpt["epoch"],
+        split="test",
+        binarize=data.binarize,
+        seed=args.seed,
+    )
+    out = Path(args.out or args.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_elbo.json").write_text(json.dumps(result, indent=2))
+    comparison_figure(result).savefig(out / "compare_elbo.png", dpi=120)
+    print(format_table(result))
+    print(f"wrote {out / 'compare_elbo.json'} and {out / 'compare_elbo.png'}")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare-elbo": cmd_compare_elbo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
