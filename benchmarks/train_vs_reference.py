@@ -1,0 +1,111 @@
+"""Train pyro-vae and the hand-written reference the same way; compare test -ELBO and s/epoch.
+
+Both see the same data pipeline (MNIST on the device, dynamic binarization of each training
+batch, the test set binarized once with the fixed seed), batch 128, Adam 1e-3, the same seed.
+The test -ELBO is the Trace_ELBO estimate (Monte Carlo KL) in nats per image for both.
+
+    python benchmarks/train_vs_reference.py --data-dir ../shared/data --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_vae import ReferenceVAE, reference_step  # noqa: E402
+
+from pyro_vae import TrainConfig, VAEConfig  # noqa: E402
+from pyro_vae.data import MNISTData, default_data_dir  # noqa: E402
+from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
+from pyro_vae.train import resolve_device, train  # noqa: E402
+
+
+@torch.no_grad()
+def reference_test_neg_elbo(model: ReferenceVAE, data: MNISTData) -> float:
+    total = torch.zeros((), dtype=torch.float64, device=data.test_x.device)
+    for x, _ in data.test_batches(1000):
+        log_lik, kl = model.loss_terms(x)
+        total += (kl - log_lik).sum().double()
+    return total.item() / data.test_x.shape[0]
+
+
+def train_reference(data: MNISTData, epochs: int, batch_size: int, lr: float, seed: int):
+    torch.manual_seed(seed)
+    device = data.train_x.device
+    model = ReferenceVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
+    rows = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        for x, _ in data.train_batches(batch_size):
+            reference_step(model, opt, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        rows.append((epoch, reference_test_neg_elbo(model, data), seconds))
+        print(
+            f"  reference epoch {epoch}: test -ELBO {rows[-1][1]:.2f}, {seconds:.2f} s", flush=True
+        )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-dir", default=default_data_dir())
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    pyro.settings.set(module_local_params=True)
+
+    data = MNISTData.load(args.data_dir, BernoulliLikelihood(), "dynamic", device)
+    print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print("hand-written reference:")
+    ref = train_reference(data, args.epochs, args.batch_size, args.lr, args.seed)
+    print("pyro-vae (pyro-vae train, Trace_ELBO):")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = train(
+            VAEConfig(),
+            TrainConfig(
+                data_dir=args.data_dir,
+                out=tmp,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                elbo="trace",
+                seed=args.seed,
+                device=str(device),
+            ),
+            progress=False,
+            write_figures=False,
+            log=lambda s: print("  " + s, flush=True),
+        )
+    print(
+        f"\n{'epoch':>5} {'reference -ELBO':>16} {'pyro-vae -ELBO':>15} {'diff':>7} "
+        f"{'ref s':>7} {'ours s':>7} {'ratio':>6}"
+    )
+    for (e, r_elbo, r_s), m in zip(ref, ours, strict=True):
+        print(
+            f"{e:>5} {r_elbo:>16.2f} {m['test_neg_elbo']:>15.2f} "
+            f"{m['test_neg_elbo'] - r_elbo:>7.2f} {r_s:>7.2f} {m['seconds']:>7.2f} "
+            f"{m['seconds'] / r_s:>5.2f}x"
+        )
+    r_mean = sum(r[2] for r in ref) / len(ref)
+    o_mean = sum(m["seconds"] for m in ours) / len(ours)
+    print(
+        f"mean s/epoch: reference {r_mean:.2f}, pyro-vae {o_mean:.2f}, ratio {o_mean / r_mean:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
