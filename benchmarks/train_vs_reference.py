@@ -40,7 +40,7 @@ def train_reference(data: MNISTData, epochs: int, batch_size: int, lr: float, se
     torch.manual_seed(seed)
     device = data.train_x.device
     model = ReferenceVAE().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)  # as a user writes it
     rows = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
