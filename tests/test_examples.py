@@ -22,6 +22,12 @@ EXAMPLES: dict[str, list[str]] = {
         "--epochs", "1", "--train-subset", "256", "--test-subset", "64", "--num-samples", "10",
         "--combos", "normal:bernoulli,mog:continuous-bernoulli", "--device", "cpu",
     ],
+    "compare_elbo.py": [
+        "--epochs", "1", "--train-subset", "256", "--test-subset", "64", "--eval-every", "1",
+        "--z-dim", "4", "--hidden", "32", "--num-samples", "10", "--nll-subset", "16",
+        "--repeats", "2", "--grad-repeats", "2", "--grad-batch", "8", "--ks", "1,5",
+        "--iw-subset", "8", "--device", "cpu",
+    ],
 }
 
 

@@ -1,0 +1,155 @@
+"""Trains one VAE twice from the same seed, with Trace_ELBO and with TraceMeanField_ELBO, and
+compares the two estimators: learning curves, variance, gradient noise, IW bound, test NLL.
+
+    python examples/compare_elbo.py --data-dir ../shared/data --out runs/compare-elbo --epochs 5
+
+Both runs start from the same weights and see the same batches (same seed). The test -ELBO of
+both is measured with the same estimator (analytic KL) and the same seed every --eval-every
+steps; the seconds count training steps only. Writes OUT/learning_curves.png, then runs
+``pyro_vae.compare`` on the Trace_ELBO-trained model: OUT/compare_elbo.png and
+OUT/compare_elbo.json (which also holds the curves and the test NLL of both models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_vae import VAE, VAEConfig
+from pyro_vae.compare import compare_estimators, format_table
+from pyro_vae.compare_plots import comparison_figure, learning_curves_figure
+from pyro_vae.data import MNISTData, default_data_dir
+from pyro_vae.evaluate import ESTIMATORS, evaluate_elbo, labels_for
+from pyro_vae.loglik import evaluate_log_likelihood
+from pyro_vae.train import make_optimizer, resolve_device, train_step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def test_neg_elbo(vae: VAE, data: MNISTData, seed: int) -> float:
+    device = data.test_x.device
+    # Forked: the evaluation's draws do not shift training's random stream.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return evaluate_elbo(vae, data.test_batches(1000), "meanfield")["neg_elbo"]
+
+
+def warm_up(config: VAEConfig, data: MNISTData, args: argparse.Namespace, device) -> None:
+    """A few steps of each estimator on a throwaway model, so neither timed run pays for
+    first-call costs (allocator, kernel selection); forked, so the seeds are untouched."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        vae = VAE.from_config(config).to(device)
+        optimizer = make_optimizer(vae, args.lr)
+        x, y = next(data.train_batches(args.batch_size))
+        for analytic in (False, True, False, True):
+            train_step(vae, optimizer, x, labels_for(vae, y), analytic_kl=analytic)
+
+
+def train_curve(
+    config: VAEConfig, data: MNISTData, elbo: str, args: argparse.Namespace, device: torch.device
+) -> tuple[VAE, dict]:
+    """Trains from args.seed with one estimator; test -ELBO every args.eval_every steps."""
+    torch.manual_seed(args.seed)
+    vae = VAE.from_config(config).to(device)
+    optimizer = make_optimizer(vae, args.lr)
+    curve = {"step": [0], "seconds": [0.0], "neg_elbo": [test_neg_elbo(vae, data, args.seed)]}
+    step, seconds = 0, 0.0
+    last = args.epochs * data.num_batches(args.batch_size)
+    for _ in range(args.epochs):
+        _sync(device)
+        t0 = time.perf_counter()
+        for x, y in data.train_batches(args.batch_size):
+            train_step(vae, optimizer, x, labels_for(vae, y), analytic_kl=elbo == "meanfield")
+            step += 1
+            if step % args.eval_every == 0 or step == last:
+                _sync(device)
+                seconds += time.perf_counter() - t0
+                curve["step"].append(step)
+                curve["seconds"].append(seconds)
+                curve["neg_elbo"].append(test_neg_elbo(vae, data, args.seed))
+                t0 = time.perf_counter()
+    return vae, curve
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=default_data_dir(), help="folder holding MNIST/raw")
+    p.add_argument("--out", default="runs/compare-elbo", help="output folder")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--train-subset", type=int, default=0, help="first N training images (0 = all)")
+    p.add_argument("--test-subset", type=int, default=0, help="first N test images (0 = all)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--z-dim", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=400, help="hidden layer width")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1000, help="K for the test NLL")
+    p.add_argument("--nll-subset", type=int, default=500, help="test images for the NLL")
+    p.add_argument("--repeats", type=int, default=20, help="repeated ELBO evaluations")
+    p.add_argument("--grad-repeats", type=int, default=50)
+    p.add_argument("--grad-batch", type=int, default=100)
+    p.add_argument("--ks", default="1,5,50,500,5000", help="K values of the IW bound")
+    p.add_argument("--iw-subset", type=int, default=100, help="test images for the IW bound")
+    args = p.parse_args(argv)
+
+    # Parameters live in the modules (plain state dicts), not in Pyro's global param store.
+    pyro.settings.set(module_local_params=True)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = VAEConfig(z_dim=args.z_dim, hidden_dims=(args.hidden,))
+    lik = VAE.from_config(config).likelihood
+    data = MNISTData.load(
+        args.data_dir, lik, "dynamic", device, args.train_subset, args.test_subset
+    )
+    warm_up(config, data, args, device)
+    curves, models, nll = {}, {}, {}
+    for elbo in ("trace", "meanfield"):
+        name = ESTIMATORS[elbo]
+        models[name], curves[name] = train_curve(config, data, elbo, args, device)
+        torch.manual_seed(args.seed)
+        n = args.nll_subset
+        batches = [(data.test_x[:n], data.test_y[:n])]
+        nll[name] = evaluate_log_likelihood(models[name], batches, args.num_samples)
+    learning_curves_figure(curves).savefig(out / "learning_curves.png", dpi=120)
+
+    print(f"{'trained with':<22}{'test -ELBO':>11}{'train s':>9}{'ms/step':>9}{'test NLL':>10}")
+    for name, c in curves.items():
+        ms = 1000 * c["seconds"][-1] / c["step"][-1]
+        print(
+            f"{name:<22}{c['neg_elbo'][-1]:>11.2f}{c['seconds'][-1]:>9.1f}{ms:>9.2f}"
+            f"{nll[name]['neg_log_likelihood']:>10.2f}"
+        )
+    print(f"(nats/image; NLL with K={args.num_samples} on {args.nll_subset} test images)\n")
+
+    torch.manual_seed(args.seed)
+    result = compare_estimators(
+        models["Trace_ELBO"],
+        data.test_x,
+        data.test_y,
+        repeats=args.repeats,
+        grad_batch=args.grad_batch,
+        grad_repeats=args.grad_repeats,
+        ks=[int(k) for k in args.ks.split(",")],
+        iw_subset=args.iw_subset,
+    )
+    result.update(curves=curves, test_nll=nll, args=vars(args))
+    (out / "compare_elbo.json").write_text(json.dumps(result, indent=2))
+    comparison_figure(result).savefig(out / "compare_elbo.png", dpi=120)
+    print("comparison on the Trace_ELBO-trained model:")
+    print(format_table(result))
+    print(f"figures and JSON in {out}")
+
+
+if __name__ == "__main__":
+    main()
