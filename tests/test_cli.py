@@ -32,11 +32,12 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
 
 
 def test_help_of_the_program_and_of_every_subcommand():
-    commands = [[sys.executable, "-m", "pyro_vae", "--help"]]
+    # The program's help through the installed console script when there is one (what users
+    # type), each subcommand's through `python -m pyro_vae`.
+    script = Path(sys.executable).with_name("pyro-vae")
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "pyro_vae"]
+    commands = [[*program, "--help"]]
     commands += [[sys.executable, "-m", "pyro_vae", name, "--help"] for name in COMMANDS]
-    script = Path(sys.executable).with_name("pyro-vae")  # the installed console script
-    if script.exists():
-        commands.append([str(script), "--help"])
     # Started together: each pays the interpreter's and torch's start-up.
     procs = [
         subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
