@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="K importance samples per image for the test NLL -log p(x), e.g. 5000 (0: skip)",
     )
     e.add_argument(
-        "--batch-size", type=int, default=1000, help="test images per NLL batch (default 1000)"
+        "--batch-size", type=int, default=100, help="test images per NLL batch (default 100)"
     )
 
     c = sub.add_parser(

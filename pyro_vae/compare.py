@@ -143,7 +143,7 @@ def iw_bounds(
     width = sample_width(vae)
     per_k: dict[int, list[Tensor]] = {k: [] for k in ks}
     for xb, yb in _batches(x, y, batch_size):
-        chunk = chunk_size or auto_chunk_size(k_max, xb.shape[0], width)
+        chunk = chunk_size or auto_chunk_size(k_max, xb.shape[0], width, xb.device)
         lw = log_weights(
             vae.model, vae.guide, xb, labels_for(vae, yb), num_samples=k_max, chunk_size=chunk
         )
