@@ -21,6 +21,8 @@ from pyro_vae.networks import MIN_SCALE
 Z_DIM = 6
 HIDDEN = (32,)
 SEED = 7
+# The device-side ELBO must equal Pyro's wherever it runs: the GPU joins when there is one.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def fixed_vae(num_classes: int = 0, dtype: torch.dtype = torch.float64) -> VAE:
@@ -36,15 +38,18 @@ def labels(num_classes: int, n: int) -> torch.Tensor | None:
     return torch.arange(n) % num_classes if num_classes else None
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_classes", [0, 10])
 @pytest.mark.parametrize("num_particles", [1, 4])
 @pytest.mark.parametrize("analytic_kl", [False, True], ids=["trace", "meanfield"])
 def test_elbo_terms_equal_pyro_loss_and_gradients(
-    binary_batch, analytic_kl, num_particles, num_classes
+    binary_batch, analytic_kl, num_particles, num_classes, device
 ):
     pyro.settings.set(module_local_params=True)
-    vae = fixed_vae(num_classes)
-    x, y = binary_batch.double(), labels(num_classes, binary_batch.shape[0])
+    vae = fixed_vae(num_classes).to(device)
+    x = binary_batch.double().to(device)
+    y = labels(num_classes, binary_batch.shape[0])
+    y = y.to(device) if y is not None else None
     params = list(vae.parameters())
     elbo_cls = TraceMeanField_ELBO if analytic_kl else Trace_ELBO
     # max_plate_nesting given, so Pyro does not run the model once (drawing noise) to find it.
