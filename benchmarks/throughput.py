@@ -125,8 +125,8 @@ def main() -> None:
     p.add_argument(
         "--batch-sizes", default=None, help="comma list; default 128,256 (CPU), 128,256,1024 (GPU)"
     )
-    p.add_argument("--steps", type=int, default=50, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=7, help="timed rounds per path (median kept)")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=40, help="timed rounds per path (median kept)")
     p.add_argument("--epoch", action="store_true", help="also time one full epoch per path")
     p.add_argument("--data-dir", default=None, help="real MNIST for the epoch timing")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
