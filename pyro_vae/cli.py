@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--batch-size", type=int, default=100, help="test images per NLL batch (default 100)"
     )
+    e.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=1000,
+        help="conditional runs: generated digits per label for the classifier check (0: skip)",
+    )
+    e.add_argument(
+        "--classifier",
+        default=None,
+        help="digit classifier file, trained there if missing (default: RUN_DIR/../"
+        "digit_classifier.pt)",
+    )
 
     c = sub.add_parser(
         "compare-elbo",
@@ -122,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--iw-subset", type=int, default=100, help="test images for the IW bound")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
+    _add_plot_parser(sub)
+    _add_sample_parser(sub)
     return parser
 
 
@@ -206,6 +220,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     }
     if args.num_samples:
         report["log_likelihood"] = _evaluate_nll(args, vae, data, device)
+    if vae.config.num_classes and args.samples_per_class:
+        report["conditioning"] = _evaluate_conditioning(args, vae, device)
     Path(args.run_dir, "eval.json").write_text(json.dumps(report, indent=2))
     print(f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'recon':>9}{'KL term':>9}   (test, nats/image)")
     for r in results:
@@ -221,7 +237,29 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"nats/image (importance sampling, K={ll['num_samples']}, {ll['num_images']} images, "
             f"{ll['seconds']:.1f} s)"
         )
+    if "conditioning" in report:
+        from .conditioning import format_conditioning
+
+        c = report["conditioning"]
+        print(format_conditioning(c, c["classifier"]))
     print(f"wrote {Path(args.run_dir, 'eval.json')}")
+
+
+def _evaluate_conditioning(args: argparse.Namespace, vae, device) -> dict:
+    """Classifier accuracy of samples per requested digit, seeded like the ELBO."""
+    import torch
+
+    from .classifier import default_classifier_path, load_or_train_classifier
+    from .conditioning import conditioning_accuracy
+
+    if args.samples_per_class < 0:
+        raise ValueError("--samples-per-class must be >= 0 (0 skips the classifier check)")
+    path = Path(args.classifier) if args.classifier else default_classifier_path(args.run_dir)
+    clf, info = load_or_train_classifier(path, args.data_dir, device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        result = conditioning_accuracy(vae, clf, args.samples_per_class)
+    return {**result, "classifier": {"path": str(path), **info}}
 
 
 def cmd_compare_elbo(args: argparse.Namespace) -> None:
@@ -272,7 +310,101 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'compare_elbo.json'} and {out / 'compare_elbo.png'}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare-elbo": cmd_compare_elbo}
+def _add_plot_parser(sub) -> None:
+    from .figures import FIGURES, GRID_EXTENT, GRID_SIZE
+
+    files = "\n".join(
+        f"  {f.name:<20} {f.shows}" + (f"  [{f.when}]" if f.when else "") for f in FIGURES
+    )
+    p = sub.add_parser(
+        "plot",
+        help="write a run's figures (PNG) into RUN_DIR/figures",
+        description="Reloads a trained run and writes its figures into RUN_DIR/figures.",
+        epilog=f"files written into RUN_DIR/figures:\n{files}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
+    _add_data_args(p)
+    p.add_argument(
+        "--test-subset", type=int, default=None, help="first N test images (default: the run's)"
+    )
+    p.add_argument(
+        "--grid",
+        choices=["square", "quantile"],
+        default="square",
+        help="z_dim = 2 manifolds: evenly spaced z, or N(0,1) quantiles over the same range",
+    )
+    p.add_argument(
+        "--grid-extent", type=float, default=GRID_EXTENT, help="grid spans [-E, E] per axis"
+    )
+    p.add_argument("--grid-size", type=int, default=GRID_SIZE, help="points per grid axis")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from .figures import plot_run
+
+    paths = plot_run(
+        args.run_dir,
+        args.data_dir,
+        device=args.device,
+        test_subset=args.test_subset,
+        grid=args.grid,
+        grid_extent=args.grid_extent,
+        grid_size=args.grid_size,
+    )
+    for path in paths:
+        print(f"wrote {path}")
+
+
+def _add_sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="write generated digits of one class (or from the prior)")
+    p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
+    p.add_argument(
+        "--label", type=int, default=None, help="digit to draw (conditional runs; default 0-9)"
+    )
+    p.add_argument("--num", type=int, default=64, help="number of digits (default 64)")
+    p.add_argument("--ncols", type=int, default=8, help="digits per row (default 8)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/figures/sample_*.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .checkpoint import load_vae
+    from .conditioning import generate, labels_for_samples
+    from .plots import samples_figure
+    from .train import resolve_device
+
+    if args.ncols < 1:
+        raise ValueError(f"--ncols must be at least 1, got {args.ncols}")
+    device = resolve_device(args.device)
+    vae, _ = load_vae(args.run_dir, device)
+    labels_for_samples(vae, args.num, args.label)  # bad --label/--num fail before any work
+    vae.eval()
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(args.seed)
+        x = generate(vae, args.num, args.label)
+    if args.label is not None:
+        title, name = f"Samples of digit {args.label}", f"sample_label{args.label}.png"
+    elif vae.config.num_classes:
+        title, name = "Samples (labels 0, 1, 2, ... in turn)", "sample_labels.png"
+    else:
+        title, name = "Samples from the prior", "sample_prior.png"
+    out = Path(args.out) if args.out else Path(args.run_dir, "figures", name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples_figure(x, ncols=args.ncols, title=title).savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "compare-elbo": cmd_compare_elbo,
+    "plot": cmd_plot,
+    "sample": cmd_sample,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,46 +1,67 @@
 """Figures as functions that return a matplotlib ``Figure`` (object-oriented API, no pyplot).
 
-The caller decides where to save them. Images are [N, 784] tensors (or arrays) in [0, 1].
+The caller decides where to save them. Images are [N, 784] tensors (or arrays) in [0, 1],
+drawn dark on white (ink = 1). These functions only draw; what to encode, decode or project
+is decided by ``pyro_vae.figures``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 IMAGE_SIDE = 28
+# Inches per digit: about 54 pixels a digit at the 120 dpi figures are saved with.
+CELL_INCHES = 0.45
+# Value of the gaps between digits: a light grey line under the "gray_r" colour map.
+GAP_VALUE = 0.15
+
+ArrayLike = torch.Tensor | np.ndarray
 
 
-def _as_images(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    x = x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=float)
-    return x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+def _numpy(x: ArrayLike) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=float)
 
 
-def tile(images: torch.Tensor | np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
-    """[N, 784] -> one [rows*30, ncols*30] array, white gaps between digits."""
+def _as_images(x: ArrayLike) -> np.ndarray:
+    return _numpy(x).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+
+
+def tile(images: ArrayLike, ncols: int, pad: int = 2, pad_value: float = GAP_VALUE) -> np.ndarray:
+    """[N, 784] -> one [rows*(28+pad) - pad, ncols*(28+pad) - pad] array, row by row."""
     imgs = _as_images(images)
-    n = imgs.shape[0]
-    nrows = -(-n // ncols)
+    nrows = -(-imgs.shape[0] // ncols)
     step = IMAGE_SIDE + pad
-    canvas = np.ones((nrows * step - pad, ncols * step - pad))
+    canvas = np.full((nrows * step - pad, ncols * step - pad), pad_value)
     for i, img in enumerate(imgs):
         r, c = divmod(i, ncols)
         canvas[r * step : r * step + IMAGE_SIDE, c * step : c * step + IMAGE_SIDE] = img
     return canvas
 
 
+def _centres(n: int, pad: int) -> list[float]:
+    """Pixel coordinates of the centres of n digits in a row (or column) of a tiled canvas."""
+    return [k * (IMAGE_SIDE + pad) + (IMAGE_SIDE - 1) / 2 for k in range(n)]
+
+
+def _show(ax, canvas: np.ndarray) -> None:
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+
+
 def image_grid(
-    images: torch.Tensor | np.ndarray, ncols: int = 8, title: str = "", cell_inches: float = 0.45
+    images: ArrayLike, ncols: int = 8, title: str = "", cell_inches: float = CELL_INCHES
 ) -> Figure:
-    """A grid of digits, ``ncols`` per row."""
+    """A grid of digits, ``ncols`` per row. One axes, one image."""
     canvas = tile(images, ncols)
     h, w = canvas.shape
     fig = Figure(
-        figsize=(max(w / 30 * cell_inches, 2.5), h / 30 * cell_inches + (0.4 if title else 0))
+        figsize=(max(w / 30 * cell_inches, 3.0), h / 30 * cell_inches + (0.45 if title else 0))
     )
     ax = fig.add_subplot()
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    _show(ax, canvas)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=10)
@@ -49,35 +70,212 @@ def image_grid(
 
 
 def reconstructions_figure(
-    originals: torch.Tensor, recons: torch.Tensor, pairs_per_row: int = 8
+    originals: ArrayLike, recons: ArrayLike, pairs_per_row: int = 8
 ) -> Figure:
-    """Originals and reconstructions in alternating columns (real, reconstructed, real, ...)."""
-    n = originals.shape[0]
-    inter = torch.stack([originals.reshape(n, -1), recons.reshape(n, -1)], dim=1).reshape(2 * n, -1)
-    return image_grid(
-        inter, ncols=2 * pairs_per_row, title="Test digits (odd columns) and their reconstructions"
+    """Originals x and reconstructions x̂ in alternating columns (x, x̂, x, x̂, ...)."""
+    orig, rec = _numpy(originals), _numpy(recons)
+    n = orig.shape[0]
+    inter = np.stack([orig.reshape(n, -1), rec.reshape(n, -1)], axis=1).reshape(2 * n, -1)
+    fig = image_grid(inter, ncols=2 * pairs_per_row)
+    ax = fig.axes[0]
+    ax.set_axis_on()
+    ax.set_xticks(_centres(2 * pairs_per_row, 2))
+    ax.set_xticklabels([r"$x$", r"$\hat{x}$"] * pairs_per_row, fontsize=9)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0, pad=1)
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(
+        r"Test digits $x$ and reconstructions $\hat{x}$ (decoder mean at q's mean)", fontsize=10
     )
+    # Room for the column labels on top of the title, however few rows there are.
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w, h + 0.3)
+    fig.tight_layout(pad=0.2)
+    return fig
 
 
 def samples_figure(
-    samples: torch.Tensor, ncols: int = 8, title: str = "Samples from the prior"
+    samples: ArrayLike, ncols: int = 8, title: str = "Samples from the prior (decoder means)"
 ) -> Figure:
-    """Decoder means at z drawn from the prior."""
+    """Decoder means at z drawn from the prior. One axes, one image."""
     return image_grid(samples, ncols=ncols, title=title)
 
 
-def class_grid_figure(samples: torch.Tensor, num_classes: int, per_class: int) -> Figure:
+def class_grid_figure(samples: ArrayLike, num_classes: int, per_class: int) -> Figure:
     """Conditional samples: row k holds ``per_class`` samples generated for label k."""
     canvas = tile(samples, per_class)
     h, w = canvas.shape
-    fig = Figure(figsize=(w / 30 * 0.45 + 0.6, h / 30 * 0.45 + 0.4))
+    fig = Figure(figsize=(w / 30 * CELL_INCHES + 0.7, h / 30 * CELL_INCHES + 0.45))
     ax = fig.add_subplot()
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    step = IMAGE_SIDE + 2
-    ax.set_yticks([k * step + IMAGE_SIDE / 2 for k in range(num_classes)])
-    ax.set_yticklabels([str(k) for k in range(num_classes)])
-    ax.set_ylabel("label")
+    _show(ax, canvas)
+    ax.set_yticks(_centres(num_classes, 2))
+    ax.set_yticklabels([str(k) for k in range(num_classes)], fontsize=10)
+    ax.set_ylabel("label y")
     ax.set_xticks([])
-    ax.set_title("Samples per label (rows: digits, columns: samples)", fontsize=10)
+    ax.tick_params(length=0)
+    ax.set_title("Samples per label (rows: digits, columns: draws of z)", fontsize=10)
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+def training_curves_figure(metrics: Sequence[Mapping[str, float]]) -> Figure:
+    """-ELBO, reconstruction term and KL term per epoch, train and test: three axes.
+
+    ``metrics`` are the rows of ``metrics.jsonl`` (keys ``epoch``, ``train_neg_elbo``,
+    ``train_recon``, ``train_kl`` and the same with ``test_``), in nats per image.
+    """
+    if not metrics:
+        raise ValueError("no metrics rows to plot; train at least one epoch first")
+    epochs = [m["epoch"] for m in metrics]
+    panels = [
+        ("neg_elbo", r"$-$ELBO (total)"),
+        ("recon", r"reconstruction  $-\mathbb{E}_q \log p(x\,|\,z)$"),
+        ("kl", r"KL$(q(z\,|\,x)\ \|\ p(z))$"),
+    ]
+    fig = Figure(figsize=(12, 3.6))
+    axes = fig.subplots(1, 3)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for split, style in (("train", "-"), ("test", "--")):
+            ax.plot(
+                epochs,
+                [m[f"{split}_{key}"] for m in metrics],
+                style,
+                marker="o",
+                markersize=3,
+                label=split,
+            )
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        # Integer epochs only: a 3-epoch run should not show epoch 1.5.
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel("nats per image")
+    axes[0].legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _format_z(values: Sequence[float]) -> list[str]:
+    return [f"{v:.1f}" for v in values]
+
+
+def _manifold_axes(ax, images: ArrayLike, z1: Sequence[float], z2: Sequence[float]) -> None:
+    n1, n2 = len(z1), len(z2)
+    imgs = _as_images(images).reshape(n2, n1, -1)
+    # Row 0 of the canvas is the top: put the largest z2 there, as on a plot's y axis.
+    canvas = tile(imgs[::-1].reshape(n1 * n2, -1), n1, pad=0)
+    _show(ax, canvas)
+    every = max(1, round(max(n1, n2) / 6))
+    xs, ys = _centres(n1, 0), _centres(n2, 0)[::-1]
+    ax.set_xticks(xs[::every], _format_z(z1[::every]), fontsize=8)
+    ax.set_yticks(ys[::every], _format_z(z2[::every]), fontsize=8)
+    ax.set_xlabel(r"$z_1$")
+    ax.set_ylabel(r"$z_2$")
+
+
+def manifold_figure(
+    images: ArrayLike, z1: Sequence[float], z2: Sequence[float], title: str = ""
+) -> Figure:
+    """Decoder means over a grid of z (z_dim = 2): one axes, one image.
+
+    ``images`` is [len(z2) * len(z1), 784]; image ``i * len(z1) + j`` is decoded at
+    z = (z1[j], z2[i]). Larger z2 is drawn higher up.
+    """
+    n1 = len(z1)
+    side = min(9.0, max(4.0, n1 * 0.4))
+    fig = Figure(figsize=(side + 0.6, side * len(z2) / n1 + 0.7))
+    ax = fig.add_subplot()
+    _manifold_axes(ax, images, z1, z2)
+    ax.set_title(title or "Decoder means over a grid of z", fontsize=11)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def class_manifolds_figure(
+    images: ArrayLike, z1: Sequence[float], z2: Sequence[float], title: str = ""
+) -> Figure:
+    """One manifold per label (conditional VAE, z_dim = 2): one axes and one image per label.
+
+    ``images`` is [num_classes, len(z2) * len(z1), 784], ordered as in ``manifold_figure``.
+    """
+    imgs = _numpy(images)
+    num_classes = imgs.shape[0]
+    ncols = min(num_classes, 5)
+    nrows = -(-num_classes // ncols)
+    fig = Figure(figsize=(3.0 * ncols, 3.1 * nrows + 0.5))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for k, ax in enumerate(axes):
+        if k >= num_classes:
+            ax.remove()
+            continue
+        _manifold_axes(ax, imgs[k], z1, z2)
+        ax.set_title(f"y = {k}", fontsize=11)
+        ax.label_outer()
+    fig.suptitle(title or "Decoder means over a grid of z, one grid per label", fontsize=12)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def latent_scatter_figure(
+    points: ArrayLike,
+    labels: ArrayLike,
+    title: str = "Encoded test digits",
+    xlabel: str = r"$z_1$",
+    ylabel: str = r"$z_2$",
+) -> Figure:
+    """Points [N, 2] (latent means or their projection), coloured by digit label [N]."""
+    pts, lab = _numpy(points), _numpy(labels).astype(int)
+    fig = Figure(figsize=(6.8, 5.6))
+    ax = fig.add_subplot()
+    # Shuffled drawing order, so the last digit drawn does not hide the others.
+    order = np.random.default_rng(0).permutation(len(pts))
+    pts, lab = pts[order], lab[order]
+    colours = [f"C{k % 10}" for k in lab]
+    ax.scatter(pts[:, 0], pts[:, 1], c=colours, s=4, alpha=0.6, linewidths=0, rasterized=True)
+    handles = [ax.scatter([], [], color=f"C{k % 10}", s=25, label=str(k)) for k in np.unique(lab)]
+    ax.legend(
+        handles=handles, title="digit", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False
+    )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def interpolation_figure(
+    starts: ArrayLike, paths: ArrayLike, ends: ArrayLike, ts: Sequence[float], title: str = ""
+) -> Figure:
+    """Rows of decoded points along straight lines in z between two test digits' codes.
+
+    starts, ends: [P, 784] the two test digits of each row; paths: [P, K, 784] decoder means
+    at z = (1 - t) z_start + t z_end for the K values ``ts``. One axes, one image.
+    """
+    s, p, e = _numpy(starts), _numpy(paths), _numpy(ends)
+    num_rows, k = p.shape[0], p.shape[1]
+    # A blank column between each test digit and the decoded path sets them apart.
+    blank = np.zeros((num_rows, 1, s.shape[-1]))
+    rows = np.concatenate([s[:, None], blank, p.reshape(num_rows, k, -1), blank, e[:, None]], 1)
+    ncols = k + 4
+    canvas = tile(rows.reshape(num_rows * ncols, -1), ncols)
+    gap_cols = _centres(ncols, 2)
+    for c in (1, ncols - 2):  # paint the blank columns white, gaps included
+        lo = int(gap_cols[c] - IMAGE_SIDE / 2) - 1
+        canvas[:, lo : lo + IMAGE_SIDE + 4] = 0.0
+    h, w = canvas.shape
+    fig = Figure(figsize=(w / 30 * CELL_INCHES, h / 30 * CELL_INCHES + 0.9))
+    ax = fig.add_subplot()
+    _show(ax, canvas)
+    labels = ["start"] + [""] + [f"{t:.1f}" for t in ts] + [""] + ["end"]
+    ax.set_xticks(gap_cols, labels, fontsize=8)
+    ax.set_yticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel(r"$t$ in $z = (1-t)\,z_{start} + t\,z_{end}$ ($z$: posterior means)")
+    ax.set_title(title or "Interpolation between two test digits in latent space", fontsize=10)
     fig.tight_layout(pad=0.2)
     return fig
