@@ -188,7 +188,7 @@ def _run_epoch(
         data.train_batches(config.batch_size),
         total=data.num_batches(config.batch_size),
         desc=f"epoch {epoch}/{config.epochs}",
-        disable=not progress,
+        disable=None if progress else True,  # None: no bar when stderr is not a terminal
         leave=False,
         unit="step",
     )
