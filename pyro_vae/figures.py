@@ -175,16 +175,17 @@ def make_figures(
         figs["training_curves.png"] = plots.training_curves_figure(metrics)
 
     means = encode_means(vae, data)
+    q = "q(z | x, y)" if c.num_classes else "q(z | x)"
     if c.z_dim == 2:
         figs["latent_scatter.png"] = plots.latent_scatter_figure(
-            means, data.test_y, title=f"Test set encoded: posterior means ({len(means)} digits)"
+            means, data.test_y, title=f"Test set encoded: means of {q} ({len(means)} digits)"
         )
     elif c.z_dim > 2:
         proj, share = pca_2d(means)
         figs["latent_scatter.png"] = plots.latent_scatter_figure(
             proj,
             data.test_y,
-            title=f"Test set encoded: 2-D PCA of the posterior means (z_dim = {c.z_dim})",
+            title=f"Test set encoded: 2-D PCA of the means of {q} (z_dim = {c.z_dim})",
             xlabel=f"principal component 1 ({share[0]:.0%} of variance)",
             ylabel=f"principal component 2 ({share[1]:.0%} of variance)",
         )

@@ -1,164 +1,266 @@
-"""Every plotting function returns a Figure with the axes and images it promises and no NaN
-pixels; ``pyro-vae plot`` writes every file its help lists, unconditional and conditional."""
+"""The figures: each plotting function draws what it promises (axes, images, finite pixels, the
+right digit in the right place), and `pyro-vae plot` writes every file its --help lists."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
-import pyro
 import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.image import AxesImage, imread
 
-from pyro_vae import TrainConfig, VAEConfig, plots
-from pyro_vae.cli import build_parser, main
-from pyro_vae.figures import FIGURES, figure_names
-from pyro_vae.train import train
+from pyro_vae import VAE, cli, plots
+from pyro_vae.config import VAEConfig
+from pyro_vae.data import MNISTData
+from pyro_vae.figures import (
+    FIGURES,
+    figure_names,
+    grid_values,
+    interpolation_pairs,
+    make_figures,
+    pca_2d,
+)
+from pyro_vae.likelihoods import BernoulliLikelihood
 
-RNG = np.random.default_rng(0)
+IMAGE = 28 * 28
 
 
-def imgs(*shape: int) -> np.ndarray:
-    return RNG.random((*shape, 784))
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, IMAGE, generator=torch.Generator().manual_seed(seed))
 
 
-def rendered(fig: Figure) -> np.ndarray:
+def constant_images(values) -> torch.Tensor:
+    """One flat image per value: lets a test find which input landed where."""
+    return torch.tensor(values, dtype=torch.float32)[:, None].expand(-1, IMAGE).clone()
+
+
+def render(fig) -> np.ndarray:
+    """Draws the figure with Agg; returns its RGBA pixels after checking they are all finite."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    return np.asarray(canvas.buffer_rgba())
-
-
-def check(fig: Figure, axes: int, images: int) -> None:
-    assert isinstance(fig, Figure)
-    assert len(fig.axes) == axes
-    assert sum(len(ax.images) for ax in fig.axes) == images
+    rgba = np.asarray(canvas.buffer_rgba())
+    w, h = canvas.get_width_height()
+    assert rgba.shape == (h, w, 4)
+    assert rgba[..., :3].std() > 0, "the figure rendered as one flat colour"
     for ax in fig.axes:
-        for im in ax.images:
-            assert not np.isnan(np.asarray(im.get_array(), dtype=float)).any()
-    pixels = rendered(fig)
-    assert pixels.size and not np.isnan(pixels.astype(float)).any()
-    assert pixels[..., :3].std() > 0  # something was drawn
+        for im in ax.get_images():
+            data = np.ma.getdata(im.get_array())
+            # NaN pixels would render as the colour map's "bad" colour, silently.
+            assert np.isfinite(data).all() and not np.ma.is_masked(im.get_array())
+    return rgba
 
 
-METRICS = [
-    {
-        "epoch": e,
-        **{
-            f"{s}_{k}": 100.0 / e + i
-            for i, k in enumerate(("neg_elbo", "recon", "kl"))
-            for s in ("train", "test")
-        },
-    }
-    for e in range(1, 5)
-]
+def image_counts(fig) -> list[int]:
+    return [sum(isinstance(a, AxesImage) for a in ax.get_images()) for ax in fig.axes]
+
+
+def canvas_cell(fig, row: int, col: int, pad: int = 2, ax: int = 0) -> np.ndarray:
+    step = 28 + pad
+    arr = np.asarray(fig.axes[ax].get_images()[0].get_array())
+    return arr[row * step : row * step + 28, col * step : col * step + 28]
+
+
+def test_reconstructions_alternate_real_and_reconstructed_columns():
+    x, r = constant_images([0.1, 0.2, 0.3, 0.4]), constant_images([0.9, 0.8, 0.7, 0.6])
+    fig = plots.reconstructions_figure(x, r, pairs_per_row=2)
+    render(fig)
+    assert image_counts(fig) == [1]
+    # Row 1 holds pair 2 and 3: x, x_hat, x, x_hat.
+    got = [canvas_cell(fig, 1, c).mean() for c in range(4)]
+    np.testing.assert_allclose(got, [0.3, 0.7, 0.4, 0.6], atol=1e-6)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == [r"$x$", r"$\hat{x}$"] * 2
+
+
+@pytest.mark.parametrize("fn", [plots.samples_figure, plots.image_grid])
+def test_image_grids_draw_one_image_with_every_digit(fn):
+    fig = fn(constant_images(np.linspace(0.05, 0.95, 12)), ncols=4)
+    render(fig)
+    assert image_counts(fig) == [1]
+    np.testing.assert_allclose(canvas_cell(fig, 2, 3).mean(), 0.95, atol=1e-6)
+
+
+def test_class_grid_puts_label_k_on_row_k():
+    c, per = 10, 3
+    fig = plots.class_grid_figure(constant_images(np.repeat(np.arange(c) / 10, per)), c, per)
+    render(fig)
+    assert image_counts(fig) == [1]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [str(k) for k in range(c)]
+    np.testing.assert_allclose(canvas_cell(fig, 7, 2).mean(), 0.7, atol=1e-6)
+
+
+def metric_rows(n: int) -> list[dict]:
+    rows = []
+    for e in range(1, n + 1):
+        row = {"epoch": e}
+        for split in ("train", "test"):
+            row[f"{split}_recon"] = 100 / e
+            row[f"{split}_kl"] = 20 + e
+            row[f"{split}_neg_elbo"] = row[f"{split}_recon"] + row[f"{split}_kl"]
+        rows.append(row)
+    return rows
+
+
+def test_training_curves_have_three_panels_of_train_and_test():
+    fig = plots.training_curves_figure(metric_rows(4))
+    render(fig)
+    assert len(fig.axes) == 3 and image_counts(fig) == [0, 0, 0]
+    kl_ax = fig.axes[2]
+    assert [ln.get_label() for ln in kl_ax.get_lines()] == ["train", "test"]
+    np.testing.assert_allclose(kl_ax.get_lines()[0].get_ydata(), [21, 22, 23, 24])
+    assert all(ax.get_xlabel() == "epoch" for ax in fig.axes)
+    with pytest.raises(ValueError, match="no metrics"):
+        plots.training_curves_figure([])
+
+
+def test_manifold_draws_largest_z2_at_the_top_and_labels_its_axes():
+    z1, z2 = [-1.0, 0.0, 1.0], [-2.0, 2.0]
+    # Image i * len(z1) + j is decoded at (z1[j], z2[i]); value encodes (i, j).
+    vals = [(i * 3 + j + 1) / 10 for i in range(2) for j in range(3)]
+    fig = plots.manifold_figure(constant_images(vals), z1, z2)
+    render(fig)
+    assert image_counts(fig) == [1]
+    arr = np.asarray(fig.axes[0].get_images()[0].get_array())
+    assert arr.shape == (2 * 28, 3 * 28)
+    assert arr[0, 0] == pytest.approx(0.4)  # top-left: z = (-1, 2)
+    assert arr[-1, -1] == pytest.approx(0.3)  # bottom-right: z = (1, -2)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "$z_1$" and ax.get_ylabel() == "$z_2$"
+    assert {float(t.get_text()) for t in ax.get_xticklabels()} <= {-1.0, -0.5, 0.0, 0.5, 1.0}
+
+
+def test_class_manifolds_have_one_image_per_label():
+    v = grid_values(4)
+    fig = plots.class_manifolds_figure(images(10 * 16).reshape(10, 16, IMAGE), v, v)
+    render(fig)
+    assert image_counts(fig) == [1] * 10
+    assert [ax.get_title() for ax in fig.axes] == [f"y = {k}" for k in range(10)]
+
+
+def test_latent_scatter_colours_by_digit_with_a_legend():
+    pts = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(300) % 10
+    fig = plots.latent_scatter_figure(pts, labels, xlabel="PC 1", ylabel="PC 2")
+    render(fig)
+    assert image_counts(fig) == [0]
+    ax = fig.axes[0]
+    assert len(ax.collections[0].get_offsets()) == 300
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [str(k) for k in range(10)]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("PC 1", "PC 2")
+
+
+def test_interpolation_puts_the_two_test_digits_at_the_ends():
+    p, k = 2, 5
+    paths = constant_images(np.full(p * k, 0.5)).reshape(p, k, IMAGE)
+    fig = plots.interpolation_figure(
+        constant_images([0.1, 0.2]), paths, constant_images([0.8, 0.9]), np.linspace(0, 1, k)
+    )
+    render(fig)
+    assert image_counts(fig) == [1]
+    # Columns: start, blank, k decoded points, blank, end.
+    assert canvas_cell(fig, 1, 0).mean() == pytest.approx(0.2)
+    assert canvas_cell(fig, 1, k + 3).mean() == pytest.approx(0.9)
+    assert canvas_cell(fig, 0, 1).max() == 0.0
+    assert canvas_cell(fig, 0, 2).mean() == pytest.approx(0.5)
+
+
+def test_grid_values_square_and_quantile():
+    sq = grid_values(5, "square", 2.0)
+    np.testing.assert_allclose(sq, [-2, -1, 0, 1, 2])
+    q = grid_values(6, "quantile", 2.0)
+    np.testing.assert_allclose([q[0], q[-1]], [-2, 2], atol=1e-9)
+    np.testing.assert_allclose(q, -q[::-1], atol=1e-9)
+    # Equal prior mass between neighbours: the steps shrink towards the origin.
+    steps = np.diff(q)
+    assert steps[0] > steps[2] and steps[-1] > steps[2]
+    with pytest.raises(ValueError, match="spacing"):
+        grid_values(5, "polar")
+
+
+def test_pca_finds_the_dominant_direction():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, 5, generator=g) * torch.tensor([5.0, 0.1, 2.0, 0.1, 0.1])
+    proj, share = pca_2d(z)
+    assert proj.shape == (2000, 2)
+    # Variance shares 25/29.04 and 4/29.04; sampling error of the estimate ~ 3%.
+    np.testing.assert_allclose(share.numpy(), [25 / 29.04, 4 / 29.04], rtol=0.1)
+    assert torch.corrcoef(torch.stack([proj[:, 0], z[:, 0]]))[0, 1].abs() > 0.99
+
+
+def test_interpolation_pairs_join_different_digits_or_the_same_label_for_a_cvae():
+    y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 0])
+    for a, b in interpolation_pairs(y, conditional=False, rows=4):
+        assert y[a] != y[b]
+    pairs = interpolation_pairs(y, conditional=True, rows=4)
+    assert pairs and all(y[a] == y[b] and a != b for a, b in pairs)
+
+
+def synthetic_data(n: int = 60) -> MNISTData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((n, IMAGE), 0.2), generator=g)
+    y = torch.arange(n) % 10
+    return MNISTData(
+        train_x=(x * 255).to(torch.uint8),
+        train_y=y,
+        test_x=x,
+        test_y=y,
+        binarize="threshold",
+        likelihood=BernoulliLikelihood(),
+    )
 
 
 @pytest.mark.parametrize(
-    "make,axes,images",
-    [
-        (lambda: plots.image_grid(imgs(10), ncols=5, title="t"), 1, 1),
-        (lambda: plots.reconstructions_figure(imgs(8), imgs(8)), 1, 1),
-        (lambda: plots.samples_figure(imgs(16)), 1, 1),
-        (lambda: plots.class_grid_figure(imgs(30), 10, 3), 1, 1),
-        (lambda: plots.training_curves_figure(METRICS), 3, 0),
-        (lambda: plots.manifold_figure(imgs(12), [0, 1, 2, 3], [0, 1, 2]), 1, 1),
-        (lambda: plots.class_manifolds_figure(imgs(10, 4), [0, 1], [0, 1]), None, 10),
-        (
-            lambda: plots.latent_scatter_figure(RNG.normal(size=(50, 2)), np.arange(50) % 10),
-            None,
-            0,
-        ),
-        (
-            lambda: plots.interpolation_figure(imgs(2), imgs(2, 5), imgs(2), np.linspace(0, 1, 5)),
-            1,
-            1,
-        ),
-    ],
-    ids=[
-        "grid",
-        "reconstructions",
-        "samples",
-        "class-grid",
-        "curves",
-        "manifold",
-        "class-manifolds",
-        "scatter",
-        "interpolation",
-    ],
+    "z_dim, num_classes", [(2, 0), (3, 0), (2, 10), (1, 0)], ids=["2d", "pca", "cvae-2d", "1d"]
 )
-def test_plot_functions(make, axes, images):
-    fig = make()
-    n_axes = len(fig.axes) if axes is None else axes
-    assert n_axes >= 1
-    check(fig, n_axes, images)
+def test_make_figures_draws_exactly_the_figures_that_apply(z_dim, num_classes):
+    vae = VAE(z_dim=z_dim, hidden_dims=(16,), num_classes=num_classes)
+    rng = torch.get_rng_state()
+    figs = make_figures(vae, synthetic_data(), metric_rows(2), grid_size=4)
+    assert torch.equal(torch.get_rng_state(), rng), "figures must not move the caller's RNG"
+    assert sorted(figs) == sorted(figure_names(vae.config))
+    for fig in figs.values():
+        render(fig)
+    if z_dim > 2:
+        assert "PCA" in figs["latent_scatter.png"].axes[0].get_title()
 
 
-def test_scatter_has_a_legend_or_colour_bar():
-    fig = plots.latent_scatter_figure(RNG.normal(size=(50, 2)), np.arange(50) % 10)
-    has_legend = any(ax.get_legend() is not None for ax in fig.axes)
-    assert has_legend or len(fig.axes) == 2  # scatter + colour bar
-    assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
+def help_files(capsys) -> set[str]:
+    with pytest.raises(SystemExit):
+        cli.main(["plot", "--help"])
+    return set(re.findall(r"\b\w+\.png\b", capsys.readouterr().out))
 
 
-def test_help_lists_every_figure():
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    help_text = sub.choices["plot"].format_help()
-    for spec in FIGURES:
-        assert spec.name in help_text
+def test_help_lists_every_figure(capsys):
+    assert help_files(capsys) == {f.name for f in FIGURES}
 
 
-@pytest.fixture(scope="module", params=[0, 10], ids=["vae", "cvae"])
-def tiny_run(request, tmp_path_factory, mnist_dir):
-    out = tmp_path_factory.mktemp("plot") / "run"
-    pyro.settings.set(module_local_params=True)
-    config = VAEConfig(z_dim=2, hidden_dims=(32,), num_classes=request.param)
-    train(
-        config,
-        TrainConfig(
-            data_dir=str(mnist_dir),
-            out=str(out),
-            epochs=1,
-            train_subset=500,
-            test_subset=100,
-            device="cpu",
-        ),
-        progress=False,
-        log=lambda s: None,
-        write_figures=False,
-    )
-    pyro.settings.set(module_local_params=False)
-    return out, config
+@pytest.mark.mnist
+def test_plot_writes_every_file_its_help_lists(mnist_dir, tmp_path, capsys):
+    listed = help_files(capsys)
+    written: set[str] = set()
+    for name, extra in (("vae", []), ("cvae", ["--num-classes", "10"])):
+        run = tmp_path / name
+        args = ["--data-dir", str(mnist_dir), "--device", "cpu"]
+        train = ["train", "--out", str(run), "--z-dim", "2", "--hidden-dims", "32", "--epochs", "1"]
+        train += ["--train-subset", "256", "--test-subset", "100", "--no-progress", *args, *extra]
+        assert cli.main(train) == 0
+        for png in (run / "figures").glob("*.png"):
+            png.unlink()  # training drew them; `plot` must draw them again
+        assert cli.main(["plot", str(run), "--grid", "quantile", *args]) == 0
+        files = {p.name for p in (run / "figures").iterdir()}
+        config = VAEConfig(z_dim=2, num_classes=10 if extra else 0)
+        assert files == set(figure_names(config)) and files <= listed
+        for f in files:
+            assert imread(run / "figures" / f).shape[0] > 100, f
+        assert capsys.readouterr().out.count("wrote ") == len(files)
+        written |= files
+    assert written == listed, f"no run wrote {sorted(listed - written)}"
 
 
-def test_plot_command_writes_every_listed_file(tiny_run, mnist_dir):
-    out, config = tiny_run
-    assert not (out / "figures").exists()
-    assert (
-        main(
-            ["plot", str(out), "--data-dir", str(mnist_dir), "--device", "cpu", "--grid-size", "4"]
-        )
-        == 0
-    )
-    written = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert written == sorted(figure_names(config))
-    # z_dim = 2: the manifold(s) are among them.
-    assert ("class_manifolds.png" if config.num_classes else "manifold.png") in written
-    for name in written:
-        assert (out / "figures" / name).stat().st_size > 2000
-
-
-def test_plot_on_a_missing_run_is_one_line(tmp_path, capsys):
-    assert main(["plot", str(tmp_path / "nope")]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
-
-
-def test_z_dim_above_two_uses_pca(mnist_dir, tmp_path):
-    from pyro_vae.data import MNISTData
-    from pyro_vae.figures import make_figures
-
-    vae = __import__("pyro_vae").VAE(5, (16,))
-    data = MNISTData.load(mnist_dir, vae.likelihood, "dynamic", train_subset=1, test_subset=60)
-    torch.manual_seed(0)
-    figs = make_figures(vae, data, METRICS)
-    assert "manifold.png" not in figs
-    assert "PCA" in figs["latent_scatter.png"].axes[0].get_title()
+@pytest.mark.mnist
+def test_plot_reports_a_missing_run_in_one_line(tmp_path, capsys):
+    assert cli.main(["plot", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no checkpoint" in err
