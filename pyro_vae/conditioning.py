@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .classifier import NUM_DIGITS, DigitClassifier
+from .classifier import MIN_TEST_ACCURACY, NUM_DIGITS, DigitClassifier
 from .model import VAE
 
 DEFAULT_SAMPLES_PER_CLASS = 1000
@@ -101,8 +101,15 @@ def format_conditioning(result: dict, classifier_info: dict | None = None) -> st
         + f"   {result['overall']:.1%} +- {result['overall_stderr']:.1%}"
     )
     if classifier_info:
+        acc = classifier_info["test_accuracy"]
         lines.append(
-            f"(classifier test accuracy {classifier_info['test_accuracy']:.2%} "
-            f"on {classifier_info['num_test']} MNIST test images)"
+            f"(classifier test accuracy {acc:.2%} on {classifier_info['num_test']} "
+            "MNIST test images)"
         )
+        if acc < MIN_TEST_ACCURACY:
+            where = classifier_info.get("path", "its file")
+            lines.append(
+                f"warning: a classifier below {MIN_TEST_ACCURACY:.0%} misjudges samples; delete "
+                f"{where} to retrain it with the defaults"
+            )
     return "\n".join(lines)
