@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -52,21 +53,45 @@ def _show(ax, canvas: np.ndarray) -> None:
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
 
 
+def digit_axes(
+    canvas: np.ndarray,
+    *,
+    top: float = 0.05,
+    bottom: float = 0.05,
+    left: float = 0.05,
+    right: float = 0.05,
+    cell_inches: float = CELL_INCHES,
+    min_width: float = 3.0,
+) -> tuple[Figure, Axes]:
+    """A figure with one axes showing a tiled ``canvas``, margins given in inches.
+
+    The axes is placed by hand rather than by tight_layout: an image keeps its aspect, so a
+    layout engine can squeeze the title or the column labels out of a wide, short figure.
+    """
+    h, w = canvas.shape
+    img_w, img_h = w / (IMAGE_SIDE + 2) * cell_inches, h / (IMAGE_SIDE + 2) * cell_inches
+    fig_w, fig_h = max(img_w + left + right, min_width), img_h + top + bottom
+    x0 = left + (fig_w - img_w - left - right) / 2  # centred when min_width wins
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((x0 / fig_w, bottom / fig_h, img_w / fig_w, img_h / fig_h))
+    _show(ax, canvas)
+    return fig, ax
+
+
+def _bare(ax: Axes) -> None:
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def image_grid(
     images: ArrayLike, ncols: int = 8, title: str = "", cell_inches: float = CELL_INCHES
 ) -> Figure:
     """A grid of digits, ``ncols`` per row. One axes, one image."""
-    canvas = tile(images, ncols)
-    h, w = canvas.shape
-    fig = Figure(
-        figsize=(max(w / 30 * cell_inches, 3.0), h / 30 * cell_inches + (0.45 if title else 0))
-    )
-    ax = fig.add_subplot()
-    _show(ax, canvas)
+    fig, ax = digit_axes(tile(images, ncols), top=0.4 if title else 0.05, cell_inches=cell_inches)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout(pad=0.2)
     return fig
 
 
@@ -77,23 +102,15 @@ def reconstructions_figure(
     orig, rec = _numpy(originals), _numpy(recons)
     n = orig.shape[0]
     inter = np.stack([orig.reshape(n, -1), rec.reshape(n, -1)], axis=1).reshape(2 * n, -1)
-    fig = image_grid(inter, ncols=2 * pairs_per_row)
-    ax = fig.axes[0]
-    ax.set_axis_on()
+    fig, ax = digit_axes(tile(inter, 2 * pairs_per_row), top=0.65)
     ax.set_xticks(_centres(2 * pairs_per_row, 2))
-    ax.set_xticklabels([r"$x$", r"$\hat{x}$"] * pairs_per_row, fontsize=9)
+    ax.set_xticklabels([r"$x$", r"$\hat{x}$"] * pairs_per_row, fontsize=10)
     ax.xaxis.tick_top()
-    ax.tick_params(length=0, pad=1)
     ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    _bare(ax)
     ax.set_title(
         r"Test digits $x$ and reconstructions $\hat{x}$ (decoder mean at q's mean)", fontsize=10
     )
-    # Room for the column labels on top of the title, however few rows there are.
-    w, h = fig.get_size_inches()
-    fig.set_size_inches(w, h + 0.3)
-    fig.tight_layout(pad=0.2)
     return fig
 
 
@@ -106,18 +123,13 @@ def samples_figure(
 
 def class_grid_figure(samples: ArrayLike, num_classes: int, per_class: int) -> Figure:
     """Conditional samples: row k holds ``per_class`` samples generated for label k."""
-    canvas = tile(samples, per_class)
-    h, w = canvas.shape
-    fig = Figure(figsize=(w / 30 * CELL_INCHES + 0.7, h / 30 * CELL_INCHES + 0.45))
-    ax = fig.add_subplot()
-    _show(ax, canvas)
+    fig, ax = digit_axes(tile(samples, per_class), top=0.4, left=0.7)
     ax.set_yticks(_centres(num_classes, 2))
     ax.set_yticklabels([str(k) for k in range(num_classes)], fontsize=10)
     ax.set_ylabel("label y")
     ax.set_xticks([])
-    ax.tick_params(length=0)
+    _bare(ax)
     ax.set_title("Samples per label (rows: digits, columns: draws of z)", fontsize=10)
-    fig.tight_layout(pad=0.2)
     return fig
 
 
@@ -190,7 +202,7 @@ def manifold_figure(
     z = (z1[j], z2[i]). Larger z2 is drawn higher up.
     """
     n1 = len(z1)
-    side = min(9.0, max(4.0, n1 * 0.4))
+    side = min(8.0, max(4.0, n1 * 0.36))
     fig = Figure(figsize=(side + 0.6, side * len(z2) / n1 + 0.7))
     ax = fig.add_subplot()
     _manifold_axes(ax, images, z1, z2)
@@ -239,8 +251,7 @@ def latent_scatter_figure(
     order = np.random.default_rng(0).permutation(len(pts))
     pts, lab = pts[order], lab[order]
     colours = [f"C{k % 10}" for k in lab]
-    # Unsmoothed dots: 10,000 anti-aliased ones make a PNG three times as large.
-    ax.scatter(pts[:, 0], pts[:, 1], c=colours, s=5, alpha=0.6, linewidths=0, antialiased=False)
+    ax.scatter(pts[:, 0], pts[:, 1], c=colours, s=4, alpha=0.6, linewidths=0)
     handles = [ax.scatter([], [], color=f"C{k % 10}", s=25, label=str(k)) for k in np.unique(lab)]
     ax.legend(
         handles=handles, title="digit", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False
@@ -272,17 +283,11 @@ def interpolation_figure(
     for c in (1, ncols - 2):  # paint the blank columns white, gaps included
         lo = int(gap_cols[c] - IMAGE_SIDE / 2) - 1
         canvas[:, lo : lo + IMAGE_SIDE + 4] = 0.0
-    h, w = canvas.shape
-    fig = Figure(figsize=(w / 30 * CELL_INCHES, h / 30 * CELL_INCHES + 0.9))
-    ax = fig.add_subplot()
-    _show(ax, canvas)
+    fig, ax = digit_axes(canvas, top=0.4, bottom=0.5)
     labels = ["start"] + [""] + [f"{t:.1f}" for t in ts] + [""] + ["end"]
     ax.set_xticks(gap_cols, labels, fontsize=8)
     ax.set_yticks([])
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_xlabel(r"$t$ in $z = (1-t)\,z_{start} + t\,z_{end}$ ($z$: posterior means)")
+    _bare(ax)
+    ax.set_xlabel(r"$t$ in $z = (1-t)\,z_{start} + t\,z_{end}$")
     ax.set_title(title or "Interpolation between two test digits in latent space", fontsize=10)
-    fig.tight_layout(pad=0.2)
     return fig

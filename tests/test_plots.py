@@ -264,3 +264,17 @@ def test_plot_reports_a_missing_run_in_one_line(tmp_path, capsys):
     assert cli.main(["plot", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no checkpoint" in err
+
+
+def test_saved_pngs_keep_grey_digits_grey_and_colours_coloured(tmp_path):
+    from PIL import Image
+
+    from pyro_vae.figures import save_png
+
+    save_png(plots.samples_figure(images(16)), tmp_path / "grey.png")
+    labels = torch.arange(200) % 10
+    save_png(plots.latent_scatter_figure(torch.randn(200, 2), labels), tmp_path / "colour.png")
+    assert Image.open(tmp_path / "grey.png").mode == "L"
+    colour = np.asarray(Image.open(tmp_path / "colour.png").convert("RGB")).astype(int)
+    # The digits' colours survive the 256-colour palette: some pixels are far from grey.
+    assert (colour.max(-1) - colour.min(-1)).max() > 100
