@@ -274,7 +274,9 @@ def test_saved_pngs_keep_grey_digits_grey_and_colours_coloured(tmp_path):
     save_png(plots.samples_figure(images(16)), tmp_path / "grey.png")
     labels = torch.arange(200) % 10
     save_png(plots.latent_scatter_figure(torch.randn(200, 2), labels), tmp_path / "colour.png")
-    assert Image.open(tmp_path / "grey.png").mode == "L"
-    colour = np.asarray(Image.open(tmp_path / "colour.png").convert("RGB")).astype(int)
+    with Image.open(tmp_path / "grey.png") as grey:
+        assert grey.mode == "L"
+    with Image.open(tmp_path / "colour.png") as im:
+        colour = np.asarray(im.convert("RGB")).astype(int)
     # The digits' colours survive the 256-colour palette: some pixels are far from grey.
     assert (colour.max(-1) - colour.min(-1)).max() > 100
