@@ -25,6 +25,7 @@ from .config import VAEConfig
 from .data import MNISTData
 from .evaluate import labels_for
 from .model import VAE
+from .priors import as_latent_event
 
 # Seed of the prior draws, so figures of different runs line up.
 FIGURE_SEED = 1
@@ -108,6 +109,24 @@ def grid_values(size: int, spacing: str = "square", extent: float = GRID_EXTENT)
     normal = torch.distributions.Normal(0.0, 1.0)
     p = normal.cdf(torch.tensor(extent, dtype=torch.float64)).item()
     return normal.icdf(torch.linspace(1 - p, p, size, dtype=torch.float64)).numpy()
+
+
+def prior_loc_scale(vae: VAE, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of p(z) (or p(z | y) for one label y [1]), each [z_dim].
+
+    The latent grids are centred and scaled by them, so a learned, mixture or class-conditional
+    prior is drawn where its mass is; for N(0, I) they are 0 and 1.
+    """
+    prior = as_latent_event(vae.model.prior(y), vae.config.z_dim)
+    try:
+        loc, scale = prior.mean, prior.stddev
+    except NotImplementedError:  # a user prior without moments: the standard grid
+        device = next(vae.parameters()).device
+        return torch.zeros(vae.config.z_dim, device=device), torch.ones(
+            vae.config.z_dim, device=device
+        )
+    z_dim = vae.config.z_dim
+    return loc.detach().reshape(-1, z_dim)[0], scale.detach().reshape(-1, z_dim)[0]
 
 
 def encode_means(vae: VAE, data: MNISTData) -> Tensor:
@@ -207,25 +226,33 @@ def make_figures(
     )
 
     if c.z_dim == 2:
-        spacing = "N(0, 1) quantiles" if grid == "quantile" else "evenly spaced"
+        spacing = "at N(0, 1) quantiles" if grid == "quantile" else "evenly spaced"
         size = grid_size if not c.num_classes else min(grid_size, CLASS_GRID_SIZE)
-        v = grid_values(size, grid, grid_extent)
-        zz = torch.tensor(v, dtype=torch.float32, device=device)
-        z = torch.stack(torch.meshgrid(zz, zz, indexing="xy"), -1).reshape(-1, 2)  # z1 fastest
-        what = f"z in [{v[0]:.1f}, {v[-1]:.1f}]², {size}x{size} points, {spacing}"
+        v = torch.tensor(grid_values(size, grid, grid_extent), dtype=torch.float32, device=device)
+        unit = torch.stack(torch.meshgrid(v, v, indexing="xy"), -1).reshape(-1, 2)  # z1 fastest
+        what = f"{size}x{size} points {spacing}, prior mean ± {grid_extent:g} prior sd per axis"
         if c.num_classes:
-            per_class = [
-                vae.decode(z, torch.full((len(z),), k, device=device)) for k in range(c.num_classes)
-            ]
+            grids, decoded = [], []
+            for k in range(c.num_classes):
+                y = torch.full((len(unit),), k, device=device)
+                loc, scale = prior_loc_scale(vae, y[:1])
+                grids.append((loc[:, None] + scale[:, None] * v).cpu().numpy())  # [2, size]
+                decoded.append(vae.decode(loc + scale * unit, y))
+            g = np.stack(grids)
             figs["class_manifolds.png"] = plots.class_manifolds_figure(
-                torch.stack(per_class),
-                v,
-                v,
-                title=f"Decoder means over a grid of z, one grid per label ({what})",
+                torch.stack(decoded),
+                g[:, 0],
+                g[:, 1],
+                title=f"Decoder means over a grid of z, one grid per label\n({what})",
             )
         else:
+            loc, scale = prior_loc_scale(vae, None)
+            axes = (loc[:, None] + scale[:, None] * v).cpu().numpy()
             figs["manifold.png"] = plots.manifold_figure(
-                vae.decode(z), v, v, title=f"Decoder means over a grid of z\n({what})"
+                vae.decode(loc + scale * unit),
+                axes[0],
+                axes[1],
+                title=f"Decoder means over a grid of z\n({what})",
             )
     return figs
 

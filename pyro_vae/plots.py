@@ -212,25 +212,30 @@ def manifold_figure(
 
 
 def class_manifolds_figure(
-    images: ArrayLike, z1: Sequence[float], z2: Sequence[float], title: str = ""
+    images: ArrayLike, z1: ArrayLike, z2: ArrayLike, title: str = ""
 ) -> Figure:
     """One manifold per label (conditional VAE, z_dim = 2): one axes and one image per label.
 
-    ``images`` is [num_classes, len(z2) * len(z1), 784], ordered as in ``manifold_figure``.
+    ``images`` is [num_classes, len(z2) * len(z1), 784], ordered as in ``manifold_figure``;
+    z1 and z2 are shared ([n]) or per label ([num_classes, n], e.g. around each p(z | y)).
     """
     imgs = _numpy(images)
     num_classes = imgs.shape[0]
+    shared = np.ndim(z1) == 1 and np.ndim(z2) == 1
+    z1s = np.broadcast_to(np.asarray(z1, dtype=float), (num_classes, np.shape(z1)[-1]))
+    z2s = np.broadcast_to(np.asarray(z2, dtype=float), (num_classes, np.shape(z2)[-1]))
     ncols = min(num_classes, 5)
     nrows = -(-num_classes // ncols)
-    fig = Figure(figsize=(3.0 * ncols, 3.1 * nrows + 0.5))
+    fig = Figure(figsize=(3.0 * ncols, 3.2 * nrows + 0.6))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for k, ax in enumerate(axes):
         if k >= num_classes:
             ax.remove()
             continue
-        _manifold_axes(ax, imgs[k], z1, z2)
+        _manifold_axes(ax, imgs[k], z1s[k], z2s[k])
         ax.set_title(f"y = {k}", fontsize=11)
-        ax.label_outer()
+        if shared:  # the same axes everywhere: label only the outer ones
+            ax.label_outer()
     fig.suptitle(title or "Decoder means over a grid of z, one grid per label", fontsize=12)
     fig.tight_layout(pad=0.3)
     return fig

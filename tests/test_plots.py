@@ -212,10 +212,12 @@ def synthetic_data(n: int = 60) -> MNISTData:
 
 
 @pytest.mark.parametrize(
-    "z_dim, num_classes", [(2, 0), (3, 0), (2, 10), (1, 0)], ids=["2d", "pca", "cvae-2d", "1d"]
+    "z_dim, num_classes, prior",
+    [(2, 0, "normal"), (3, 0, "normal"), (2, 10, "normal"), (1, 0, "normal"), (2, 0, "mog")],
+    ids=["2d", "pca", "cvae-2d", "1d", "mog-2d"],
 )
-def test_make_figures_draws_exactly_the_figures_that_apply(z_dim, num_classes):
-    vae = VAE(z_dim=z_dim, hidden_dims=(16,), num_classes=num_classes)
+def test_make_figures_draws_exactly_the_figures_that_apply(z_dim, num_classes, prior):
+    vae = VAE(z_dim=z_dim, hidden_dims=(16,), num_classes=num_classes, prior=prior)
     rng = torch.get_rng_state()
     figs = make_figures(vae, synthetic_data(), metric_rows(2), grid_size=4)
     assert torch.equal(torch.get_rng_state(), rng), "figures must not move the caller's RNG"
@@ -224,6 +226,19 @@ def test_make_figures_draws_exactly_the_figures_that_apply(z_dim, num_classes):
         render(fig)
     if z_dim > 2:
         assert "PCA" in figs["latent_scatter.png"].axes[0].get_title()
+
+
+def test_class_manifolds_are_centred_on_each_label_prior():
+    vae = VAE(z_dim=2, hidden_dims=(16,), num_classes=10, prior="conditional")
+    with torch.no_grad():
+        vae.model.prior.locs.copy_(torch.arange(10.0)[:, None] * torch.tensor([10.0, -10.0]))
+    fig = make_figures(vae, synthetic_data(), [], grid_size=4)["class_manifolds.png"]
+    for k, ax in enumerate(fig.axes):
+        xs = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_xticklabels()]
+        ys = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_yticklabels()]
+        # The grid spans the prior mean of label k, +-2 prior sd (here sd 1).
+        assert xs and min(xs) >= 10 * k - 2 and max(xs) <= 10 * k + 2
+        assert ys and min(ys) >= -10 * k - 2 and max(ys) <= -10 * k + 2
 
 
 def help_files(capsys) -> set[str]:
