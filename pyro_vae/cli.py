@@ -335,7 +335,10 @@ def _add_plot_parser(sub) -> None:
         help="z_dim = 2 manifolds: evenly spaced z, or N(0,1) quantiles over the same range",
     )
     p.add_argument(
-        "--grid-extent", type=float, default=GRID_EXTENT, help="grid spans [-E, E] per axis"
+        "--grid-extent",
+        type=float,
+        default=GRID_EXTENT,
+        help="grid spans prior mean +- E prior sd per axis ([-E, E] for N(0, I))",
     )
     p.add_argument("--grid-size", type=int, default=GRID_SIZE, help="points per grid axis")
 
