@@ -35,7 +35,7 @@ NUM_RECONSTRUCTED = 32
 DPI = 120
 # Latent grids: side length and half-width of the square (seed 003 draws [-2, 2]^2).
 GRID_SIZE = 20
-CLASS_GRID_SIZE = 10
+CLASS_GRID_SIZE = 8  # per label: ten panels of 8x8 digits stay legible in a README
 GRID_EXTENT = 2.0
 GRID_SPACINGS = ("square", "quantile")
 INTERPOLATION_STEPS = 11
@@ -275,17 +275,16 @@ def write_run_figures(
 
 
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> None:
-    """Saves ``fig`` as a compact PNG: 8-bit grey when it has no colour, else 256 colours.
+    """Saves ``fig`` as a compact PNG with a palette of at most 256 colours.
 
-    Grids of grey digits saved as RGBA are 2-3 times larger and look the same.
+    Grey digit grids have at most 256 shades, so nothing is lost there; saved as RGBA they are
+    2-3 times larger. Readers still get RGB(A) pixels, as from any colour PNG.
     """
     canvas = FigureCanvasAgg(fig)
     fig.set_dpi(dpi)
     canvas.draw()
-    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
-    image = Image.fromarray(np.ascontiguousarray(rgb))
-    grey = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
-    image = image.convert("L") if grey else image.quantize(256, dither=Image.Dither.NONE)
+    rgb = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    image = Image.fromarray(rgb).quantize(256, dither=Image.Dither.NONE)
     image.save(path, format="PNG", optimize=True)
 
 

@@ -123,7 +123,7 @@ def samples_figure(
 
 def class_grid_figure(samples: ArrayLike, num_classes: int, per_class: int) -> Figure:
     """Conditional samples: row k holds ``per_class`` samples generated for label k."""
-    fig, ax = digit_axes(tile(samples, per_class), top=0.4, left=0.7)
+    fig, ax = digit_axes(tile(samples, per_class), top=0.4, left=0.85)
     ax.set_yticks(_centres(num_classes, 2))
     ax.set_yticklabels([str(k) for k in range(num_classes)], fontsize=10)
     ax.set_ylabel("label y")
@@ -221,12 +221,13 @@ def class_manifolds_figure(
     """
     imgs = _numpy(images)
     num_classes = imgs.shape[0]
-    shared = np.ndim(z1) == 1 and np.ndim(z2) == 1
     z1s = np.broadcast_to(np.asarray(z1, dtype=float), (num_classes, np.shape(z1)[-1]))
     z2s = np.broadcast_to(np.asarray(z2, dtype=float), (num_classes, np.shape(z2)[-1]))
+    shared = np.allclose(z1s, z1s[0]) and np.allclose(z2s, z2s[0])
     ncols = min(num_classes, 5)
     nrows = -(-num_classes // ncols)
-    fig = Figure(figsize=(3.0 * ncols, 3.2 * nrows + 0.6))
+    # Constrained layout keeps the suptitle, the panel titles and the tick labels apart.
+    fig = Figure(figsize=(2.7 * ncols, 2.9 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for k, ax in enumerate(axes):
         if k >= num_classes:
@@ -234,10 +235,13 @@ def class_manifolds_figure(
             continue
         _manifold_axes(ax, imgs[k], z1s[k], z2s[k])
         ax.set_title(f"y = {k}", fontsize=11)
-        if shared:  # the same axes everywhere: label only the outer ones
-            ax.label_outer()
+        if shared and k + ncols < num_classes:  # same axes everywhere: label the outer ones
+            ax.set_xlabel("")
+            ax.tick_params(bottom=False, labelbottom=False)
+        if shared and k % ncols:
+            ax.set_ylabel("")
+            ax.tick_params(left=False, labelleft=False)
     fig.suptitle(title or "Decoder means over a grid of z, one grid per label", fontsize=12)
-    fig.tight_layout(pad=0.3)
     return fig
 
 
