@@ -22,6 +22,7 @@ import pyro
 import torch
 
 from pyro_vae import VAE, VAEConfig
+from pyro_vae.checkpoint import seeded
 from pyro_vae.compare import ELBOS, compare_estimators, format_table
 from pyro_vae.compare_plots import comparison_figure, learning_curves_figure
 from pyro_vae.data import MNISTData, default_data_dir
@@ -38,8 +39,7 @@ def _sync(device: torch.device) -> None:
 def test_neg_elbo(vae: VAE, data: MNISTData, seed: int) -> float:
     device = data.test_x.device
     # Forked: the evaluation's draws do not shift training's random stream.
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         return evaluate_elbo(vae, data.test_batches(1000), "meanfield")["neg_elbo"]
 
 

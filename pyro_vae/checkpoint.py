@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import VAEConfig
+from .config import TrainConfig, VAEConfig
+from .data import MNISTData
 from .model import VAE
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -76,3 +79,36 @@ def load_vae(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     vae = VAE.from_config(config)
     vae.load_state_dict(ckpt["model"])
     return vae.to(device), ckpt
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Torch's RNG seeded for a block (the CPU's and, on CUDA, ``device``'s); the caller's RNG
+    state comes back afterwards, so library code leaves no process-wide trace."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def load_run(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    test_subset: int | None = None,
+) -> tuple[VAE, dict, MNISTData]:
+    """A trained run, its checkpoint and its test set binarized as in training, on ``device``.
+
+    ``test_subset``: the first N test images (0 = all); None = the run's own setting.
+    """
+    vae, ckpt = load_vae(run_dir, device)
+    tc = TrainConfig.from_dict(ckpt["train_config"])
+    data = MNISTData.load(
+        data_dir,
+        vae.likelihood,
+        tc.binarize,
+        device,
+        train_subset=1,
+        test_subset=tc.test_subset if test_subset is None else test_subset,
+    )
+    return vae, ckpt, data

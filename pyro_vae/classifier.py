@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seeded
 from .data import load_mnist
 
 CLASSIFIER_NAME = "digit_classifier.pt"
@@ -113,8 +113,7 @@ def train_classifier(
     test_x, test_y = _grayscale(data_dir, False, config.test_subset, device)
     n = train_x.shape[0]
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed, device):
         clf = DigitClassifier(config.channels, config.hidden).to(device)
         opt = torch.optim.Adam(clf.parameters(), lr=config.lr)
         steps = config.epochs * -(-n // config.batch_size)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, seeded
 from .config import TrainConfig, VAEConfig
 from .data import DATA_ENV, DataNotFoundError, default_data_dir
 from .likelihoods import LIKELIHOODS
@@ -172,40 +172,26 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
     """The importance-sampled test NLL with K = args.num_samples, seeded like the ELBO."""
-    import torch
 
     from .loglik import evaluate_log_likelihood
 
     if args.num_samples < 0 or args.batch_size < 1:
         raise ValueError("--num-samples must be >= 0 and --batch-size >= 1")
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
+    with seeded(args.seed, device):
         return evaluate_log_likelihood(vae, data.test_batches(args.batch_size), args.num_samples)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
 
-    from .checkpoint import load_vae
-    from .data import MNISTData
+    from .checkpoint import load_run
     from .evaluate import evaluate_elbo
     from .train import EVAL_BATCH, resolve_device
 
     device = resolve_device(args.device)
-    vae, ckpt = load_vae(args.run_dir, device)
-    tc = TrainConfig.from_dict(ckpt["train_config"])
-    data = MNISTData.load(
-        args.data_dir,
-        vae.likelihood,
-        tc.binarize,
-        device,
-        train_subset=1,
-        test_subset=args.test_subset,
-    )
+    vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
     elbos = ["trace", "meanfield"] if args.elbo == "both" else [args.elbo]
     results = []
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
+    with seeded(args.seed, device):
         for name in elbos:
             r = evaluate_elbo(vae, data.test_batches(EVAL_BATCH), name, args.num_particles)
             results.append(r)
@@ -247,7 +233,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _evaluate_conditioning(args: argparse.Namespace, vae, device) -> dict:
     """Classifier accuracy of samples per requested digit, seeded like the ELBO."""
-    import torch
 
     from .classifier import default_classifier_path, load_or_train_classifier
     from .conditioning import conditioning_accuracy
@@ -256,34 +241,21 @@ def _evaluate_conditioning(args: argparse.Namespace, vae, device) -> dict:
         raise ValueError("--samples-per-class must be >= 0 (0 skips the classifier check)")
     path = Path(args.classifier) if args.classifier else default_classifier_path(args.run_dir)
     clf, info = load_or_train_classifier(path, args.data_dir, device)
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
+    with seeded(args.seed, device):
         result = conditioning_accuracy(vae, clf, args.samples_per_class)
     return {**result, "classifier": {"path": str(path), **info}}
 
 
 def cmd_compare_elbo(args: argparse.Namespace) -> None:
-    import torch
 
-    from .checkpoint import load_vae
+    from .checkpoint import load_run
     from .compare import compare_estimators, format_table
     from .compare_plots import comparison_figure
-    from .data import MNISTData
     from .train import resolve_device
 
     device = resolve_device(args.device)
-    vae, ckpt = load_vae(args.run_dir, device)
-    tc = TrainConfig.from_dict(ckpt["train_config"])
-    data = MNISTData.load(
-        args.data_dir,
-        vae.likelihood,
-        tc.binarize,
-        device,
-        train_subset=1,
-        test_subset=args.test_subset,
-    )
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
+    vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
+    with seeded(args.seed, device):
         result = compare_estimators(
             vae,
             data.test_x,
@@ -373,7 +345,6 @@ def _add_sample_parser(sub) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    import torch
 
     from .checkpoint import load_vae
     from .conditioning import generate, labels_for_samples
@@ -386,8 +357,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     vae, _ = load_vae(args.run_dir, device)
     labels_for_samples(vae, args.num, args.label)  # bad --label/--num fail before any work
     vae.eval()
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(args.seed)
+    with seeded(args.seed, device):
         x = generate(vae, args.num, args.label)
     if args.label is not None:
         title, name = f"Samples of digit {args.label}", f"sample_label{args.label}.png"

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from . import plots
+from .checkpoint import seeded
 from .config import VAEConfig
 from .data import MNISTData
 from .evaluate import labels_for
@@ -174,9 +175,7 @@ def make_figures(
     device = data.test_x.device
     vae.eval()
     figs: dict[str, Figure] = {}
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(FIGURE_SEED)
+    with seeded(FIGURE_SEED, device):
         x, y = data.test_x[:NUM_RECONSTRUCTED], data.test_y[:NUM_RECONSTRUCTED]
         figs["reconstructions.png"] = plots.reconstructions_figure(
             x, vae.reconstruct(x, labels_for(vae, y))
@@ -308,19 +307,8 @@ def plot_run(
 
     The test set is binarized as in training; ``test_subset`` defaults to the run's own.
     """
-    from .checkpoint import load_vae
-    from .config import TrainConfig
+    from .checkpoint import load_run
     from .train import resolve_device
 
-    dev = resolve_device(device)
-    vae, ckpt = load_vae(run_dir, dev)
-    tc = TrainConfig.from_dict(ckpt["train_config"])
-    data = MNISTData.load(
-        data_dir,
-        vae.likelihood,
-        tc.binarize,
-        dev,
-        train_subset=1,
-        test_subset=tc.test_subset if test_subset is None else test_subset,
-    )
+    vae, _, data = load_run(run_dir, data_dir, resolve_device(device), test_subset)
     return write_run_figures(vae, data, read_metrics(run_dir), Path(run_dir) / "figures", **options)

@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seeded,
+    set_rng_state,
+)
 from .config import TrainConfig, VAEConfig
 from .data import MNISTData
 from .elbo import ELBOTerms, elbo_terms
@@ -113,8 +120,7 @@ def train(
         )
     device = resolve_device(config.device)
     # The initial weights too come from the seed, not from the caller's RNG state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed, device):
         vae = VAE.from_config(vae_config)
     data = MNISTData.load(
         config.data_dir,
@@ -127,9 +133,7 @@ def train(
     if config.binarize == "auto":
         config.binarize = data.binarize
     out.mkdir(parents=True, exist_ok=True)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed, device):
         vae.to(device)
         optimizer = make_optimizer(vae, config.lr)
         metrics: list[dict] = []
