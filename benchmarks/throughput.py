@@ -33,6 +33,7 @@ from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 from pyro_vae import VAE  # noqa: E402
 from pyro_vae.data import MNISTData, load_mnist  # noqa: E402
 from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
+from pyro_vae.loglik import evaluate_log_likelihood  # noqa: E402
 from pyro_vae.train import make_optimizer, resolve_device, train_step  # noqa: E402
 
 NUM_TRAIN = 60_000
@@ -130,6 +131,13 @@ def main() -> None:
     p.add_argument("--epoch", action="store_true", help="also time one full epoch per path")
     p.add_argument("--data-dir", default=None, help="real MNIST for the epoch timing")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument(
+        "--loglik-images",
+        type=int,
+        default=0,
+        help="also time the K=5000 importance-sampled NLL over this many test images "
+        "(10000 = the whole test set; an untrained model, since only the time matters)",
+    )
     args = p.parse_args()
 
     device = resolve_device(args.device)
@@ -168,7 +176,19 @@ def main() -> None:
             if data is not None:
                 line += f" {epoch_seconds(paths[k], data, bs, device):>8.2f}"
             print(line, flush=True)
+    if args.loglik_images:
+        time_loglik(args.loglik_images, device)
     pyro.settings.set(module_local_params=False)
+
+
+def time_loglik(num_images: int, device: torch.device, num_samples: int = 5000) -> None:
+    """Seconds for the K-sample importance-sampled -log p(x) over ``num_images`` images."""
+    pyro.settings.set(module_local_params=True)
+    vae = VAE().to(device)
+    x = torch.bernoulli(torch.full((num_images, 784), 0.13, device=device))
+    batches = [(xb, None) for xb in x.split(100)]
+    r = evaluate_log_likelihood(vae, batches, num_samples=num_samples)
+    print(f"importance-sampled NLL, K={num_samples}, {num_images} images: {r['seconds']:.1f} s")
 
 
 if __name__ == "__main__":
