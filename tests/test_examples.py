@@ -15,75 +15,22 @@ import pytest
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
+# Every example runs one epoch on the CPU, on a few hundred images.
+TINY = "--epochs 1 --device cpu --train-subset 256"
+
 # file name -> the tiny arguments (besides --data-dir and --out) that make it run in seconds
 EXAMPLES: dict[str, list[str]] = {
-    "vae.py": ["--epochs", "1", "--train-subset", "512", "--test-subset", "256", "--device", "cpu"],
-    "cvae.py": [
-        "--epochs",
-        "1",
-        "--train-subset",
-        "512",
-        "--test-subset",
-        "128",
-        "--device",
-        "cpu",
-    ],
-    "latent_2d.py": [
-        "--epochs",
-        "1",
-        "--train-subset",
-        "512",
-        "--test-subset",
-        "200",
-        "--device",
-        "cpu",
-        "--grid-size",
-        "5",
-    ],
-    "swap_prior_likelihood.py": [
-        "--epochs",
-        "1",
-        "--train-subset",
-        "256",
-        "--test-subset",
-        "64",
-        "--num-samples",
-        "10",
-        "--combos",
-        "normal:bernoulli,mog:continuous-bernoulli",
-        "--device",
-        "cpu",
-    ],
-    "compare_elbo.py": [
-        "--epochs",
-        "1",
-        "--train-subset",
-        "256",
-        "--test-subset",
-        "64",
-        "--eval-every",
-        "1",
-        "--z-dim",
-        "4",
-        "--hidden",
-        "32",
-        "--num-samples",
-        "10",
-        "--nll-subset",
-        "16",
-        "--repeats",
-        "2",
-        "--grad-repeats",
-        "2",
-        "--grad-batch",
-        "8",
-        "--ks",
-        "1,5",
-        "--iw-subset",
-        "8",
-        "--device",
-        "cpu",
-    ],
+    "vae.py": f"{TINY} --test-subset 256".split(),
+    "cvae.py": f"{TINY} --test-subset 128".split(),
+    "latent_2d.py": f"{TINY} --test-subset 200 --grid-size 5".split(),
+    "swap_prior_likelihood.py": (
+        f"{TINY} --test-subset 64 --num-samples 10 "
+        "--combos normal:bernoulli,mog:continuous-bernoulli"
+    ).split(),
+    "compare_elbo.py": (
+        f"{TINY} --test-subset 64 --eval-every 1 --z-dim 4 --hidden 32 --num-samples 10 "
+        "--nll-subset 16 --repeats 2 --grad-repeats 2 --grad-batch 8 --ks 1,5 --iw-subset 8"
+    ).split(),
 }
 
 
