@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE  # noqa: E402
-from pyro_vae.train import make_optimizer, train_step  # noqa: E402
+from pyro_vae.training import make_optimizer, train_step  # noqa: E402
 
 
 def main() -> None:

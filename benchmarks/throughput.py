@@ -4,7 +4,7 @@ Paths timed on the same device, same network (784-400-50 softplus), same loss:
   reference   hand-written PyTorch, eager (benchmarks/reference_vae.py), torch.optim.Adam
   ref-fused   the same with torch.optim.Adam(fused=True), the optimizer pyro-vae uses
   pyro-svi    classic pyro.infer.SVI + Trace_ELBO + pyro.optim.Adam on the project's model/guide
-  project     pyro_vae.train.train_step: device-side ELBO from the Pyro traces + fused Adam
+  project     pyro_vae.training.train_step: device-side ELBO from the Pyro traces + fused Adam
 
 Each path runs ``--steps`` steps per round on pre-made binary batches; rounds are interleaved
 across paths and the median round is reported, so a busy machine hurts every path alike.
@@ -32,9 +32,10 @@ from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE  # noqa: E402
 from pyro_vae.data import MNISTData, load_mnist  # noqa: E402
+from pyro_vae.device import resolve_device  # noqa: E402
 from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
 from pyro_vae.loglik import evaluate_log_likelihood  # noqa: E402
-from pyro_vae.train import make_optimizer, resolve_device, train_step  # noqa: E402
+from pyro_vae.training import make_optimizer, train_step  # noqa: E402
 
 NUM_TRAIN = 60_000
 

@@ -21,10 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
-from pyro_vae import TrainConfig, VAEConfig  # noqa: E402
+from pyro_vae import (  # noqa: E402
+    TrainConfig,
+    VAEConfig,
+    train,  # noqa: E402
+)
 from pyro_vae.data import MNISTData, default_data_dir  # noqa: E402
+from pyro_vae.device import resolve_device  # noqa: E402
 from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
-from pyro_vae.train import resolve_device, train  # noqa: E402
 
 
 @torch.no_grad()

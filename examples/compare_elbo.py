@@ -22,13 +22,14 @@ import pyro
 import torch
 
 from pyro_vae import VAE, VAEConfig
-from pyro_vae.checkpoint import seeded
 from pyro_vae.compare import ELBOS, compare_estimators, format_table
 from pyro_vae.compare_plots import comparison_figure, learning_curves_figure
 from pyro_vae.data import MNISTData, default_data_dir
+from pyro_vae.device import resolve_device
 from pyro_vae.evaluate import ESTIMATORS, evaluate_elbo, labels_for
 from pyro_vae.loglik import evaluate_log_likelihood
-from pyro_vae.train import make_optimizer, resolve_device, train_step
+from pyro_vae.rng import seeded
+from pyro_vae.training import make_optimizer, train_step
 
 
 def _sync(device: torch.device) -> None:

@@ -15,10 +15,9 @@ import argparse
 
 import pyro
 
-from pyro_vae import TrainConfig, VAEConfig
+from pyro_vae import TrainConfig, VAEConfig, train
 from pyro_vae.data import default_data_dir
 from pyro_vae.figures import GRID_EXTENT, GRID_SIZE, plot_run
-from pyro_vae.train import train
 
 
 def main(argv: list[str] | None = None) -> None:

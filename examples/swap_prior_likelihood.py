@@ -16,12 +16,10 @@ import pyro
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae import TrainConfig, VAEConfig
-from pyro_vae.checkpoint import load_vae
+from pyro_vae import TrainConfig, VAEConfig, load_vae, train
 from pyro_vae.data import MNISTData, default_data_dir
 from pyro_vae.loglik import evaluate_log_likelihood
 from pyro_vae.plots import tile
-from pyro_vae.train import train
 
 DEFAULT_COMBOS = (
     "normal:bernoulli,mog:bernoulli,vamp:bernoulli,normal:continuous-bernoulli,normal:beta"

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seeded
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import load_mnist
+from .rng import seeded
 
 CLASSIFIER_NAME = "digit_classifier.pt"
 NUM_DIGITS = 10

@@ -22,17 +22,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .data import batches
 from .elbo import elbo_terms
 from .evaluate import ESTIMATORS, labels_for
 from .loglik import auto_chunk_size, iw_bound, log_weights, sample_width
 from .model import VAE
 
 ELBOS = ("trace", "meanfield")
-
-
-def _batches(x: Tensor, y: Tensor, batch_size: int):
-    for s in range(0, x.shape[0], batch_size):
-        yield x[s : s + batch_size], y[s : s + batch_size]
 
 
 @torch.no_grad()
@@ -47,7 +43,7 @@ def repeated_elbos(
     rows = []
     for _ in range(repeats):
         parts = []
-        for xb, yb in _batches(x, y, batch_size):
+        for xb, yb in batches(x, y, batch_size):
             t = elbo_terms(vae.model, vae.guide, xb, labels_for(vae, yb), analytic_kl=analytic)
             parts.append(t.log_lik - t.kl)
         rows.append(torch.cat(parts))
@@ -142,7 +138,7 @@ def iw_bounds(
     k_max = max(ks)
     width = sample_width(vae)
     per_k: dict[int, list[Tensor]] = {k: [] for k in ks}
-    for xb, yb in _batches(x, y, batch_size):
+    for xb, yb in batches(x, y, batch_size):
         chunk = chunk_size or auto_chunk_size(k_max, xb.shape[0], width, xb.device)
         lw = log_weights(
             vae.model, vae.guide, xb, labels_for(vae, yb), num_samples=k_max, chunk_size=chunk

@@ -7,7 +7,6 @@ directory and does both (``pyro-vae plot RUN_DIR``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +20,14 @@ from PIL import Image
 from torch import Tensor
 
 from . import plots
-from .checkpoint import seeded
 from .config import VAEConfig
 from .data import MNISTData
+from .device import resolve_device
 from .evaluate import labels_for
 from .model import VAE
 from .priors import as_latent_event
+from .rng import seeded
+from .runs import load_run, read_metrics
 
 # Seed of the prior draws, so figures of different runs line up.
 FIGURE_SEED = 1
@@ -287,28 +288,20 @@ def save_png(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> None:
     image.save(path, format="PNG", optimize=True)
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The rows of ``RUN_DIR/metrics.jsonl`` (none when the file is missing)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot_run(
     run_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
     *,
     device: str = "auto",
     test_subset: int | None = None,
+    vae: VAE | None = None,
     **options,
 ) -> list[Path]:
     """Reloads a run directory and writes its figures into ``RUN_DIR/figures``.
 
     The test set is binarized as in training; ``test_subset`` defaults to the run's own.
+    ``vae``: for a run trained with custom prior/likelihood objects, the VAE rebuilt with them
+    (see ``runs.load_vae``).
     """
-    from .checkpoint import load_run
-    from .train import resolve_device
-
-    vae, _, data = load_run(run_dir, data_dir, resolve_device(device), test_subset)
+    vae, _, data = load_run(run_dir, data_dir, resolve_device(device), test_subset, vae=vae)
     return write_run_figures(vae, data, read_metrics(run_dir), Path(run_dir) / "figures", **options)

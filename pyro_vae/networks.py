@@ -23,8 +23,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
 }
 
-# Keeps the guide's scale away from 0, where log q(z | x) would blow up.
-MIN_SCALE = 1e-4
+# Keeps the guide's scale away from 0, where log q(z | x) would blow up. Smaller than
+# likelihoods.LIKELIHOOD_MIN_SCALE: a posterior may be far narrower than the noise on a pixel.
+GUIDE_MIN_SCALE = 1e-4
 
 
 def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, activation: str) -> nn.Module:
@@ -69,7 +70,7 @@ class Encoder(PyroModule):
         out = self.net(with_label(x, y_onehot))
         loc, raw_scale = out.split(self.z_dim, dim=-1)
         # softplus rather than exp: positive by construction without overflow for large inputs.
-        return loc, F.softplus(raw_scale) + MIN_SCALE
+        return loc, F.softplus(raw_scale) + GUIDE_MIN_SCALE
 
 
 class Decoder(PyroModule):

@@ -20,8 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from test_loglik import exact_elbo, linear_gaussian
 
-from pyro_vae import VAE
-from pyro_vae.checkpoint import load_vae
+from pyro_vae import VAE, load_vae, train
 from pyro_vae.cli import main
 from pyro_vae.compare import (
     compare_estimators,
@@ -33,7 +32,6 @@ from pyro_vae.compare import (
 from pyro_vae.compare_plots import comparison_figure, learning_curves_figure
 from pyro_vae.config import TrainConfig, VAEConfig
 from pyro_vae.data import MNISTData
-from pyro_vae.train import train
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from pyro_vae import VAE, elbo_terms
 from pyro_vae.cli import main
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.loglik import evaluate_log_likelihood, iw_bound, log_marginal, log_weights
-from pyro_vae.networks import MIN_SCALE
+from pyro_vae.networks import GUIDE_MIN_SCALE
 from pyro_vae.priors import PRIORS
 
 X_DIM, Z_DIM, SIGMA = 6, 2, 0.5
@@ -46,7 +46,7 @@ def linear_gaussian(loc_shift: float = 0.0, scale_factor: float = 1.0):
     post_var = 1 / (1 + torch.tensor(COLUMN_NORMS) ** 2 / SIGMA**2)
     a = post_var[:, None] * w.T / SIGMA**2  # posterior mean = a (x - b)
     dec, enc = vae.model.decoder.net[0], vae.guide.encoder.net[0]
-    target = post_var.sqrt() * scale_factor - MIN_SCALE
+    target = post_var.sqrt() * scale_factor - GUIDE_MIN_SCALE
     with torch.no_grad():
         dec.weight.copy_(w)
         dec.bias.copy_(b)

@@ -7,7 +7,6 @@ once per epoch (and for the progress bar every ``PROGRESS_EVERY`` steps).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,33 +14,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (
-    CHECKPOINT_NAME,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seeded,
-    set_rng_state,
-)
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, VAEConfig
 from .data import MNISTData
+from .device import resolve_device
 from .elbo import ELBOTerms, elbo_terms
 from .evaluate import ESTIMATORS, evaluate_elbo, labels_for
 from .model import VAE
+from .rng import rng_state, seeded, set_rng_state
+from .runs import (
+    append_metrics,
+    check_fits,
+    load_state,
+    read_metrics,
+    write_config,
+    write_metrics,
+)
 
 # The progress bar's running loss is read back from the device this often (a host sync).
 PROGRESS_EVERY = 25
 EVAL_BATCH = 1000
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
+# What a resumed run may change: the length of the run and where it runs. All else is the run's.
+RESUMABLE = ("epochs", "data_dir", "device", "out")
 
 
 def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
@@ -84,8 +78,26 @@ def _epoch_line(m: dict, epochs: int) -> str:
     )
 
 
+def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The run's settings with the given length, data folder and device; ValueError naming every
+    other setting that ``given`` changes (a resumed run must train the way it started)."""
+    diff = [
+        f"{name} {getattr(given, name)!r} (run: {getattr(saved, name)!r})"
+        for name in TrainConfig.__dataclass_fields__
+        if name not in RESUMABLE
+        and getattr(given, name) != getattr(saved, name)
+        and not (name == "binarize" and given.binarize == "auto")
+    ]
+    if diff:
+        raise ValueError(
+            "a resumed run keeps its settings, but these differ from the run's: "
+            f"{', '.join(diff)}; change only {', '.join(RESUMABLE)} (or start a new run)"
+        )
+    return TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(given, k) for k in RESUMABLE}})
+
+
 def train(
-    vae_config: VAEConfig,
+    vae: VAE | VAEConfig | None,
     config: TrainConfig,
     *,
     resume: bool = False,
@@ -93,35 +105,46 @@ def train(
     log: Callable[[str], None] = print,
     write_figures: bool = True,
 ) -> list[dict]:
-    """Trains a VAE and fills ``config.out``; returns the metrics of every epoch so far.
+    """Trains a VAE and fills the run directory ``config.out``; returns every epoch's metrics.
 
-    Torch's RNG is seeded from ``config.seed`` inside ``torch.random.fork_rng``, so the caller's
-    RNG state is left as it was.
+    ``vae``: a built :class:`VAE`, with any prior and likelihood objects, trained in place (and
+    moved to ``config.device``); or a :class:`VAEConfig` of registry names, built here from
+    ``config.seed``. With ``resume=True`` the run in ``config.out`` continues to
+    ``config.epochs``: pass the VAE rebuilt with the run's objects (or None for a run of
+    registry names); ``config`` may change only ``epochs``, ``data_dir`` and ``device``.
+
+    Torch's RNG is seeded from ``config.seed`` inside ``torch.random.fork_rng``, so the
+    caller's RNG state is left as it was. Works in both of Pyro's modes (global param store or
+    ``module_local_params``) and changes neither.
     """
     out = Path(config.out)
-    ckpt_path = out / CHECKPOINT_NAME
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory; choose another --out")
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out)
-        vae_config = VAEConfig.from_dict(ckpt["vae_config"])
-        saved = TrainConfig.from_dict(ckpt["train_config"])
-        # Everything but the length of the run and where the data lives comes from the run.
-        config = TrainConfig.from_dict(
-            {
-                **saved.to_dict(),
-                "epochs": config.epochs,
-                "data_dir": config.data_dir,
-                "device": config.device,
-            }
-        )
-    elif ckpt_path.exists():
+        saved = VAEConfig.from_dict(ckpt["vae_config"])
+        config = resumed_config(TrainConfig.from_dict(ckpt["train_config"]), config)
+        if isinstance(vae, VAE):
+            check_fits(vae, saved, ckpt.get("objects"))
+        elif vae is not None and vae != saved:
+            raise ValueError(
+                "a resumed run keeps its model; the VAEConfig passed differs from the run's "
+                "(pass None to use the run's)"
+            )
+        else:
+            vae = saved
+    elif (out / CHECKPOINT_NAME).exists():
         raise ValueError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
+    elif vae is None:
+        raise ValueError("give the VAE (or a VAEConfig) to train; None is only for resume=True")
     device = resolve_device(config.device)
-    # The initial weights too come from the seed, not from the caller's RNG state.
-    with seeded(config.seed, device):
-        vae = VAE.from_config(vae_config)
+    if isinstance(vae, VAEConfig):
+        # The initial weights too come from the seed, not from the caller's RNG state.
+        with seeded(config.seed, device):
+            vae = VAE.from_config(vae)
     data = MNISTData.load(
         config.data_dir,
         vae.likelihood,
@@ -133,41 +156,50 @@ def train(
     if config.binarize == "auto":
         config.binarize = data.binarize
     out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "vae_config": vae.config.to_dict(),
+        "train_config": config.to_dict(),
+        "objects": vae.custom_objects(),
+    }
     with seeded(config.seed, device):
         vae.to(device)
         optimizer = make_optimizer(vae, config.lr)
         metrics: list[dict] = []
         start_epoch = 0
         if ckpt is not None:
-            vae.load_state_dict(ckpt["model"])
+            load_state(vae, ckpt["model"], out)
             optimizer.load_state_dict(ckpt["optimizer"])
             start_epoch = ckpt["epoch"]
-            metrics = _read_metrics(out, up_to=start_epoch)
+            # Drops epochs the checkpoint does not have (a crash between the two writes).
+            metrics = read_metrics(out, up_to=start_epoch)
+            write_metrics(out, metrics)
             set_rng_state(ckpt["rng"])
             if start_epoch >= config.epochs:
                 log(f"{out} already has {start_epoch} epochs; raise --epochs to train further")
         else:
-            (out / "config.json").write_text(
-                json.dumps({"vae": vae_config.to_dict(), "train": config.to_dict()}, indent=2)
+            write_config(
+                out,
+                {
+                    "vae": record["vae_config"],
+                    "train": record["train_config"],
+                    "objects": record["objects"],
+                },
             )
-            (out / "metrics.jsonl").write_text("")
+            write_metrics(out, [])
         for epoch in range(start_epoch + 1, config.epochs + 1):
             m = _run_epoch(vae, optimizer, data, config, epoch, progress)
             metrics.append(m)
             save_checkpoint(
-                ckpt_path,
+                out / CHECKPOINT_NAME,
                 {
-                    "vae_config": vae_config.to_dict(),
-                    "train_config": config.to_dict(),
+                    **record,
                     "model": vae.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch,
                     "rng": rng_state(),
                 },
             )
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(m) + "\n")
-                f.flush()
+            append_metrics(out, m)
             log(_epoch_line(m, config.epochs))
         if write_figures:
             from .figures import write_run_figures
@@ -236,14 +268,3 @@ def _run_epoch(
         "eval_seconds": time.perf_counter() - t1,
         "units": "nats per image",
     }
-
-
-def _read_metrics(out: Path, up_to: int) -> list[dict]:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["epoch"] <= up_to]
-    # Rewrite without epochs the checkpoint does not have (a crash between the two writes).
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows

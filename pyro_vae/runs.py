@@ -1,0 +1,143 @@
+"""A run directory: its files, and the trained model rebuilt from them.
+
+``pyro-vae train`` (or :func:`pyro_vae.train`) writes ``config.json``, ``metrics.jsonl`` (one
+line per epoch), ``checkpoint.pt`` and ``figures/``. A run made with registry names rebuilds
+from its checkpoint alone; a run made with the user's own prior or likelihood objects loads
+into a VAE the user rebuilt with the same objects: ``load_vae(run_dir, vae=my_vae)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import TrainConfig, VAEConfig
+from .data import MNISTData
+from .model import VAE
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+# VAEConfig fields that decide the shapes of the weights; the rest name the prior/likelihood.
+_STRUCTURE = ("x_dim", "z_dim", "hidden_dims", "activation", "num_classes")
+
+
+def read_metrics(run_dir: str | os.PathLike, up_to: int | None = None) -> list[dict]:
+    """The rows of ``RUN_DIR/metrics.jsonl`` (none when the file is missing), up to an epoch."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if up_to is None or r["epoch"] <= up_to]
+
+
+def write_metrics(run_dir: str | os.PathLike, rows: list[dict]) -> None:
+    """Replaces ``metrics.jsonl`` by ``rows`` (on resume: drops epochs past the checkpoint)."""
+    (Path(run_dir) / METRICS_NAME).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_metrics(run_dir: str | os.PathLike, row: dict) -> None:
+    """Adds one epoch's line, flushed, so a user tailing the file sees it at once."""
+    with open(Path(run_dir) / METRICS_NAME, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def write_config(run_dir: str | os.PathLike, record: dict) -> None:
+    (Path(run_dir) / CONFIG_NAME).write_text(json.dumps(record, indent=2))
+
+
+def check_fits(vae: VAE, saved: VAEConfig, objects: dict | None = None) -> None:
+    """Raises CheckpointError when ``vae`` is not built like the run's model ``saved``."""
+    mine = vae.config
+    diff = [
+        f"{name} {getattr(mine, name)!r} (run: {getattr(saved, name)!r})"
+        for name in (*_STRUCTURE, "prior", "likelihood", "prior_components", "likelihood_scale")
+        if getattr(mine, name) != getattr(saved, name)
+    ]
+    if diff:
+        raise CheckpointError(
+            f"the VAE passed is not built like the run's: {', '.join(diff)}; rebuild it with "
+            f"the run's settings{_objects_hint(objects)}"
+        )
+
+
+def _objects_hint(objects: dict | None) -> str:
+    custom = {k: v for k, v in (objects or {}).items() if v}
+    return "".join(f", {k} {v}" for k, v in custom.items())
+
+
+def load_state(vae: VAE, state: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """``vae.load_state_dict(state)``, with a one-line error when the weights do not fit."""
+    mine = vae.state_dict()
+    missing = sorted(set(mine) - set(state))
+    unexpected = sorted(set(state) - set(mine))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (VAE: {tuple(mine[k].shape)})"
+        for k in sorted(set(mine) & set(state))
+        if state[k].shape != mine[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} {', '.join(v[:4])}{' ...' if len(v) > 4 else ''}"
+            for label, v in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+            if v
+        ]
+        raise CheckpointError(
+            f"the weights in {where} do not fit the VAE passed ({'; '.join(parts)}); build it "
+            "with the same prior and likelihood objects as the run"
+        )
+    vae.load_state_dict(state)
+
+
+def load_vae(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu", vae: VAE | None = None
+) -> tuple[VAE, dict]:
+    """The trained VAE of a run, on ``device``, and its checkpoint dict.
+
+    ``vae``: for a run trained with prior or likelihood objects (not registry names), the VAE
+    rebuilt with the same objects; its weights are replaced by the run's. Without it such a
+    run cannot be rebuilt, and the error says so.
+    """
+    ckpt = load_checkpoint(run_dir)
+    saved = VAEConfig.from_dict(ckpt["vae_config"])
+    objects = ckpt.get("objects", {})
+    if vae is None:
+        if "custom" in (saved.prior, saved.likelihood):
+            raise CheckpointError(
+                f"{run_dir} was trained with a custom{_objects_hint(objects)}: rebuild that VAE in "
+                "Python and pass it, pyro_vae.load_vae(run_dir, vae=VAE(prior=..., likelihood=...))"
+            )
+        vae = VAE.from_config(saved)
+    else:
+        check_fits(vae, saved, objects)
+    load_state(vae, ckpt["model"], run_dir)
+    return vae.to(device), ckpt
+
+
+def load_run(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    test_subset: int | None = None,
+    vae: VAE | None = None,
+) -> tuple[VAE, dict, MNISTData]:
+    """A trained run, its checkpoint and its test set binarized as in training, on ``device``.
+
+    ``test_subset``: the first N test images (0 = all); None = the run's own setting. ``vae``:
+    as for :func:`load_vae`.
+    """
+    vae, ckpt = load_vae(run_dir, device, vae)
+    tc = TrainConfig.from_dict(ckpt["train_config"])
+    data = MNISTData.load(
+        data_dir,
+        vae.likelihood,
+        tc.binarize,
+        device,
+        train_subset=1,
+        test_subset=tc.test_subset if test_subset is None else test_subset,
+    )
+    return vae, ckpt, data
