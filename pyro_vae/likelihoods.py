@@ -18,8 +18,9 @@ from .config import VAEConfig
 
 # Beta data must lie strictly inside (0, 1); pixels are squeezed into [EPS, 1 - EPS].
 BETA_EPS = 1e-3
-# Learned scales and concentrations stay above this, so log-densities stay finite.
-MIN_SCALE = 1e-3
+# Learned pixel scales and concentrations stay above this, so log-densities stay finite
+# (networks.GUIDE_MIN_SCALE is the guide's floor).
+LIKELIHOOD_MIN_SCALE = 1e-3
 
 
 class Likelihood(nn.Module):
@@ -128,7 +129,9 @@ class _LocScaleLikelihood(Likelihood):
         if self.scale is not None:
             return self.pixels(self.family(torch.sigmoid(out), self.scale))
         loc, raw_scale = out.chunk(2, dim=-1)
-        return self.pixels(self.family(torch.sigmoid(loc), F.softplus(raw_scale) + MIN_SCALE))
+        return self.pixels(
+            self.family(torch.sigmoid(loc), F.softplus(raw_scale) + LIKELIHOOD_MIN_SCALE)
+        )
 
 
 class GaussianLikelihood(_LocScaleLikelihood):
@@ -159,7 +162,11 @@ class BetaLikelihood(Likelihood):
 
     def forward(self, out: Tensor) -> dist.Distribution:
         raw_a, raw_b = out.chunk(2, dim=-1)
-        return self.pixels(dist.Beta(F.softplus(raw_a) + MIN_SCALE, F.softplus(raw_b) + MIN_SCALE))
+        return self.pixels(
+            dist.Beta(
+                F.softplus(raw_a) + LIKELIHOOD_MIN_SCALE, F.softplus(raw_b) + LIKELIHOOD_MIN_SCALE
+            )
+        )
 
 
 LIKELIHOODS: dict[str, Callable[[VAEConfig], Likelihood]] = {
@@ -180,6 +187,9 @@ class _CallableLikelihood(Likelihood):
         super().__init__()
         self.fn = fn
         self.params_per_pixel = params_per_pixel
+
+    def describe(self) -> str:
+        return getattr(self.fn, "__qualname__", type(self.fn).__name__)
 
     def forward(self, out: Tensor) -> dist.Distribution:
         d = self.fn(out)

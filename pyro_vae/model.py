@@ -15,6 +15,7 @@ label is appended to the encoder's and the decoder's input.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pyro
@@ -28,6 +29,9 @@ from .config import VAEConfig
 from .likelihoods import Likelihood, build_likelihood
 from .networks import Decoder, Encoder
 from .priors import PriorLike, as_latent_event, build_prior
+
+# Default names of VAEs in Pyro's param store: vae_0, vae_1, ... (see VAE's ``name``).
+_VAE_NUMBERS = itertools.count()
 
 
 def check_labels(
@@ -163,6 +167,12 @@ class VAE(PyroModule):
     ``prior`` is a name from ``priors.PRIORS``, a ``pyro.distributions`` object whose batch
     shape broadcasts to [z_dim], or a module/callable ``y -> distribution``. ``likelihood`` is
     a name from ``likelihoods.LIKELIHOODS`` or a callable ``decoder output -> distribution``.
+
+    Every VAE owns its parameters, whatever ``pyro.settings`` say. In Pyro's default mode the
+    model and guide register them in the global param store under ``name`` + their attribute
+    path; ``name`` defaults to a fresh ``vae_0``, ``vae_1``, ... per VAE, so several VAEs in one
+    session never share or swap a parameter. Give two VAEs the same ``name`` only to share
+    their parameters on purpose (Pyro's param store semantics).
     """
 
     def __init__(
@@ -177,8 +187,9 @@ class VAE(PyroModule):
         x_dim: int = 784,
         prior_components: int = 10,
         likelihood_scale: float | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=f"vae_{next(_VAE_NUMBERS)}" if name is None else name)
         self.config = VAEConfig(
             x_dim=x_dim,
             z_dim=z_dim,
@@ -200,9 +211,29 @@ class VAE(PyroModule):
         self.model = VAEModel(decoder, build_prior(prior, c, encoder), lik, c)
 
     @classmethod
-    def from_config(cls, config: VAEConfig) -> VAE:
-        d = config.to_dict()
-        return cls(**d)
+    def from_config(cls, config: VAEConfig, name: str | None = None) -> VAE:
+        """The VAE a config describes; registry names only (``"custom"`` cannot be rebuilt)."""
+        if "custom" in (config.prior, config.likelihood):
+            raise ValueError(
+                "a config with a custom prior or likelihood cannot rebuild it: build "
+                "VAE(prior=..., likelihood=...) with the same objects"
+            )
+        return cls(**config.to_dict(), name=name)
+
+    @property
+    def name(self) -> str:
+        """The prefix of this VAE's parameters in Pyro's param store (default mode)."""
+        return self._pyro_name
+
+    def custom_objects(self) -> dict[str, str]:
+        """A description of each prior/likelihood given as an object rather than a name,
+        e.g. ``{"prior": "StudentT(df: 4.0, loc: 0.0, scale: 1.0)"}``; checkpoints store it."""
+        out = {}
+        for kind, module in (("prior", self.model.prior), ("likelihood", self.likelihood)):
+            if getattr(self.config, kind) == "custom":
+                describe = getattr(module, "describe", None)
+                out[kind] = describe() if callable(describe) else type(module).__name__
+        return out
 
     @property
     def likelihood(self) -> Likelihood:

@@ -10,7 +10,10 @@ registry-wide tests cover it with no new test code.
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -149,7 +152,9 @@ class ConditionalNormalPrior(PyroModule):
 
 
 class DistributionPrior(nn.Module):
-    """Wraps a fixed user distribution; its tensors follow the module across ``.to(device)``."""
+    """Wraps a fixed user distribution; its tensors follow the module across ``.to(device)``,
+    ``.double()`` and the like, however deeply they sit (``Independent``, ``MixtureSameFamily``,
+    ``TransformedDistribution`` and its transforms, cached ``probs``/``logits``)."""
 
     def __init__(self, d: dist.Distribution) -> None:
         super().__init__()
@@ -157,16 +162,47 @@ class DistributionPrior(nn.Module):
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
         super()._apply(fn, recurse)
-        params = {k: v for k, v in vars(self.dist).items() if k in self.dist.arg_constraints}
-        if params and all(torch.is_tensor(v) for v in params.values()):
-            try:
-                self.dist = type(self.dist)(**{k: fn(v) for k, v in params.items()})
-            except TypeError:
-                pass  # a distribution we cannot rebuild stays where the user built it
+        self.dist = map_tensors(self.dist, fn)
         return self
+
+    def describe(self) -> str:
+        return repr(self.dist)
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
         return self.dist
+
+
+def map_tensors(obj: Any, fn: Callable[[Tensor], Tensor], memo: dict | None = None) -> Any:
+    """A copy of a distribution (or transform) with ``fn`` applied to every tensor it holds.
+
+    Walks the object's attributes, and those of the distributions and transforms inside it,
+    copying each object once (shared sub-objects stay shared). Cached values such as a
+    distribution's lazily computed ``probs`` are tensors like any other and move too; a
+    transform's weak reference to its inverse and its last-call cache are dropped, as they
+    would point at the old tensors.
+    """
+    memo = {} if memo is None else memo
+    if torch.is_tensor(obj):
+        return fn(obj)
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(v, fn, memo) for v in obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn, memo) for k, v in obj.items()}
+    if not isinstance(obj, torch.distributions.Distribution | torch.distributions.Transform):
+        return obj
+    new = copy.copy(obj)
+    memo[id(obj)] = new
+    for key, value in vars(obj).items():
+        if isinstance(value, weakref.ref):
+            value = None  # Transform._inv: the inverse is rebuilt from the new transform
+        elif key == "_cached_x_y":
+            value = (None, None)
+        else:
+            value = map_tensors(value, fn, memo)
+        new.__dict__[key] = value
+    return new
 
 
 PRIORS: dict[str, type[nn.Module]] = {
@@ -200,6 +236,9 @@ class _CallablePrior(nn.Module):
     def __init__(self, fn: Callable[[Tensor | None], dist.Distribution]) -> None:
         super().__init__()
         self.fn = fn
+
+    def describe(self) -> str:
+        return getattr(self.fn, "__qualname__", type(self.fn).__name__)
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
         return self.fn(y)

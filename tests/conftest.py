@@ -24,6 +24,18 @@ def _reset_global_state():
     pyro.settings.set(module_local_params=False)
 
 
+PYRO_MODES = {"param-store": False, "module-local": True}
+
+
+@pytest.fixture(params=sorted(PYRO_MODES))
+def pyro_mode(request) -> str:
+    """Runs a test in both of Pyro's modes: the default (parameters in the global param store,
+    where Pyro users start) and ``module_local_params`` (what the CLI uses). Set before the
+    test builds any module, as a PyroModule must be built under the mode it runs in."""
+    pyro.settings.set(module_local_params=PYRO_MODES[request.param])
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST (torchvision layout) from $PYRO_VAE_DATA_DIR.
