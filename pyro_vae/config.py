@@ -40,6 +40,10 @@ class VAEConfig:
             )
         if any(h < 1 for h in self.hidden_dims):
             raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
+        if self.prior_components < 1:
+            raise ValueError(f"prior_components must be at least 1, got {self.prior_components}")
+        if self.likelihood_scale is not None and not self.likelihood_scale > 0:
+            raise ValueError(f"likelihood_scale must be positive, got {self.likelihood_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -84,8 +88,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_particles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (all) or more, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,6 +27,7 @@ EXAMPLES: dict[str, list[str]] = {
         f"{TINY} --test-subset 64 --num-samples 10 "
         "--combos normal:bernoulli,mog:continuous-bernoulli"
     ).split(),
+    "custom_prior.py": f"{TINY} --epochs 2 --test-subset 64 --z-dim 4 --num-samples 10".split(),
     "compare_elbo.py": (
         f"{TINY} --test-subset 64 --eval-every 1 --z-dim 4 --hidden 32 --num-samples 10 "
         "--nll-subset 16 --repeats 2 --grad-repeats 2 --grad-batch 8 --ks 1,5 --iw-subset 8"

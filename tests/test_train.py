@@ -10,14 +10,15 @@ import matplotlib.image
 import pyro
 import pytest
 import torch
+from conftest import PYRO_MODES
 
-from pyro_vae import TrainConfig, VAEConfig
-from pyro_vae.checkpoint import load_checkpoint, load_vae
+from pyro_vae import TrainConfig, VAEConfig, load_vae
+from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.data import MNISTData
 from pyro_vae.elbo import elbo_terms
 from pyro_vae.evaluate import evaluate_elbo
 from pyro_vae.model import VAE
-from pyro_vae.train import EVAL_BATCH, train
+from pyro_vae.training import EVAL_BATCH, train
 
 pytestmark = pytest.mark.mnist
 
@@ -41,9 +42,10 @@ def jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def run(mnist_dir, tmp_path_factory):
-    """Two epochs of the default VAE (Pyro's example network) on 3000 training images."""
+@pytest.fixture(scope="module", params=sorted(PYRO_MODES))
+def run(request, mnist_dir, tmp_path_factory):
+    """Two epochs of the default VAE (Pyro's example network) on 3000 training images, in each
+    of Pyro's modes (the library changes neither)."""
     out = tmp_path_factory.mktemp("run") / "vae"
     config = TrainConfig(
         data_dir=str(mnist_dir),
@@ -58,7 +60,9 @@ def run(mnist_dir, tmp_path_factory):
     def log(line: str) -> None:  # called after each epoch: what a user tailing the file sees
         lines_on_disk.append(len(jsonl(out / "metrics.jsonl")))
 
-    metrics = train(VAEConfig(), config, progress=False, log=log)
+    with pyro.settings.context(module_local_params=PYRO_MODES[request.param]):
+        metrics = train(VAEConfig(), config, progress=False, log=log)
+        assert pyro.settings.get("module_local_params") is PYRO_MODES[request.param]
     return {"out": out, "config": config, "metrics": metrics, "lines_on_disk": lines_on_disk}
 
 
@@ -140,7 +144,7 @@ def test_fresh_train_into_an_existing_run_refuses_and_keeps_the_checkpoint(run, 
     assert ((out / "checkpoint.pt").read_bytes(), (out / "metrics.jsonl").read_text()) == before
 
 
-def test_resume_after_one_epoch_equals_two_epochs_straight(mnist_dir, tmp_path):
+def test_resume_after_one_epoch_equals_two_epochs_straight(pyro_mode, mnist_dir, tmp_path):
     vae_config = VAEConfig(z_dim=8, hidden_dims=(32,))
 
     def config(out: str, epochs: int) -> TrainConfig:
@@ -157,8 +161,8 @@ def test_resume_after_one_epoch_equals_two_epochs_straight(mnist_dir, tmp_path):
     quiet = {"progress": False, "write_figures": False, "log": lambda line: None}
     straight = train(vae_config, config("straight", 2), **quiet)
     train(vae_config, config("resumed", 1), **quiet)
-    # Only the length of the run is given again; the rest comes from the checkpoint.
-    resumed = train(VAEConfig(), config("resumed", 2), resume=True, **quiet)
+    # Only the length of the run is given again; the model comes from the checkpoint.
+    resumed = train(None, config("resumed", 2), resume=True, **quiet)
 
     a = load_checkpoint(tmp_path / "straight")
     b = load_checkpoint(tmp_path / "resumed")
