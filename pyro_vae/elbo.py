@@ -67,6 +67,50 @@ def _per_image(t: Tensor | float, num_particles: int, batch: int, ref: Tensor) -
     return t.expand(batch) if t.dim() == 0 else t.reshape(batch)
 
 
+def _data_frame_size(site: dict) -> int | None:
+    """The size of the plate at dim -1 around a site (the data plate), None outside one."""
+    sizes = [f.size for f in site["cond_indep_stack"] if f.vectorized and f.dim == -1]
+    return sizes[0] if sizes else None
+
+
+def check_traces(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> int:
+    """Raises ValueError where ``elbo_terms`` would be wrong; returns the batch size B.
+
+    The per-image terms need: every sample site inside one data plate at dim -1 (a global
+    latent would be counted once per image); every latent model site drawn by the guide; and
+    every guide draw reparameterized (there is no score-function term here).
+    """
+    sites = [s for s in model_trace.nodes.values() if s["type"] == "sample"]
+    observed = [s for s in sites if s["is_observed"]]
+    if not observed:
+        raise ValueError("the model has no observed site: elbo_terms needs obs=x somewhere")
+    batch = _data_frame_size(observed[0])
+    for site in [*sites, *(s for s in guide_trace.nodes.values() if s["type"] == "sample")]:
+        size = _data_frame_size(site)
+        if size is None or size != batch:
+            raise ValueError(
+                f"site {site['name']!r} lies outside the data plate at dim -1 (of size {batch}): "
+                "its log-density is not per image and elbo_terms would miscount it; use "
+                "pyro.infer.Trace_ELBO for models with global latent variables"
+            )
+    for site in sites:
+        if site["is_observed"]:
+            continue
+        name = site["name"]
+        if name not in guide_trace.nodes or guide_trace.nodes[name]["type"] != "sample":
+            raise ValueError(
+                f"the model's latent site {name!r} is not drawn by the guide: every latent "
+                "site needs a guide site of the same name"
+            )
+        fn = guide_trace.nodes[name]["fn"]
+        if not getattr(fn, "has_rsample", False):
+            raise ValueError(
+                f"the guide's site {name!r} ({type(fn).__name__}) is not reparameterized: "
+                "elbo_terms has no score-function term; use pyro.infer.Trace_ELBO, which adds it"
+            )
+    return batch
+
+
 def elbo_terms(
     model: Callable,
     guide: Callable,
@@ -78,12 +122,13 @@ def elbo_terms(
 
     Observed sites make up log p(x | z); latent sites make up the KL, as
     ``kl_divergence(q, p)`` where ``analytic_kl`` and one is registered, else log q(z) - log p(z)
-    at the guide's draw (exactly Pyro's TraceMeanField_ELBO fallback).
+    at the guide's draw (exactly Pyro's TraceMeanField_ELBO fallback). Raises ValueError for a
+    model/guide pair it would get wrong (see :func:`check_traces`).
     """
     model_trace, guide_trace = get_traces(model, guide, *args, num_particles=num_particles)
+    batch = check_traces(model_trace, guide_trace)
     log_lik = kl = None
     used_analytic = True
-    batch = None
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample":
             continue
@@ -106,9 +151,8 @@ def elbo_terms(
             used_analytic = False
             term = _site_log_prob(guide_site) - _site_log_prob(site)
         kl = term if kl is None else kl + term
-    if log_lik is None or kl is None:
-        raise ValueError("the model needs an observed site and a latent site shared with the guide")
-    batch = log_lik.shape[-1]
+    if kl is None:
+        raise ValueError("the model has no latent site: there is no KL term to estimate")
     log_lik = _per_image(log_lik, num_particles, batch, log_lik)
     kl = _per_image(kl, num_particles, batch, log_lik)
     loss = kl.sum() - log_lik.sum()
