@@ -2,7 +2,7 @@
 
 Names given on the command line (priors, likelihoods, estimators) become objects in the
 library's registries; this module only parses and reports. Bad input ends with a one-line
-error and exit code 2, never a traceback.
+error and exit code 2, never a traceback, and leaves an existing run as it was.
 """
 
 from __future__ import annotations
@@ -13,22 +13,70 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import CheckpointError, seeded
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, VAEConfig
-from .data import DATA_ENV, DataNotFoundError, default_data_dir
+from .data import DATA_ENV, DataError, default_data_dir
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
 from .priors import PRIORS
+from .rng import seeded
 
 # Errors a user can fix from the command line: reported in one line, exit code 2.
-USER_ERRORS = (ValueError, DataNotFoundError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ValueError, DataError, CheckpointError, FileNotFoundError)
+
+
+class UsageError(Exception):
+    """A command line argparse rejects; reported in one line like every other user error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (no usage block) and abbreviations are off, so
+    the options a user typed can be told from the defaults (see ``_typed_options``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def _at_least(low: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+    return v
+
+
+POSITIVE = _at_least(1)
+NONNEGATIVE = _at_least(0)
 
 
 def _hidden(s: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in s.split(",") if v.strip())
+        sizes = tuple(int(v) for v in s.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {s!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 400 or 512,256, got {s!r}")
+    return sizes
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +89,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyro-vae",
         description="The VAE and conditional VAE as Pyro programs, fitted by SVI on MNIST.",
     )
@@ -50,16 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a VAE on MNIST and fill a run directory")
     _add_data_args(t)
     t.add_argument("--out", default="runs/vae", help="run directory (default runs/vae)")
-    t.add_argument("--epochs", type=int, default=10, help="epochs in all (default 10)")
-    t.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--epochs", type=POSITIVE, default=10, help="epochs in all (default 10)")
+    t.add_argument("--batch-size", type=POSITIVE, default=128, help="minibatch size (default 128)")
+    t.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)"
+    )
     t.add_argument(
         "--elbo",
         choices=["trace", "meanfield"],
         default="trace",
         help="trace = Trace_ELBO (Monte Carlo KL), meanfield = TraceMeanField_ELBO (analytic KL)",
     )
-    t.add_argument("--num-particles", type=int, default=1, help="ELBO particles, vectorized")
+    t.add_argument("--num-particles", type=POSITIVE, default=1, help="ELBO particles, vectorized")
     t.add_argument(
         "--binarize",
         choices=["auto", "dynamic", "threshold", "none"],
@@ -67,22 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: dynamic for bernoulli, grayscale (none) for other likelihoods",
     )
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--z-dim", type=int, default=50, help="latent dimension (default 50)")
+    t.add_argument("--z-dim", type=POSITIVE, default=50, help="latent dimension (default 50)")
     t.add_argument("--hidden-dims", type=_hidden, default=(400,), help="e.g. 400 or 512,256")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="softplus")
-    t.add_argument("--num-classes", type=int, default=0, help="10 = conditional VAE on digits")
+    t.add_argument(
+        "--num-classes", type=NONNEGATIVE, default=0, help="10 = conditional VAE on digits"
+    )
     t.add_argument("--prior", choices=sorted(PRIORS), default="normal")
-    t.add_argument("--prior-components", type=int, default=10, help="K for mog and vamp")
+    t.add_argument("--prior-components", type=POSITIVE, default=10, help="K for mog and vamp")
     t.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
     t.add_argument(
         "--likelihood-scale",
-        type=float,
+        type=_positive_float,
         default=None,
         help="fixed scale for gaussian/laplace (default: learned per pixel)",
     )
-    t.add_argument("--train-subset", type=int, default=0, help="use the first N training images")
-    t.add_argument("--test-subset", type=int, default=0, help="use the first N test images")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument(
+        "--train-subset", type=NONNEGATIVE, default=0, help="use the first N training images"
+    )
+    t.add_argument("--test-subset", type=NONNEGATIVE, default=0, help="use the first N test images")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out to --epochs; only --epochs, --data-dir and --device may "
+        "be given (the run keeps its other settings)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="test -ELBO of a trained run; writes RUN_DIR/eval.json")
@@ -94,21 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="estimator(s) of the test ELBO (default both)",
     )
-    e.add_argument("--num-particles", type=int, default=1)
-    e.add_argument("--test-subset", type=int, default=0, help="use the first N test images")
+    e.add_argument("--num-particles", type=POSITIVE, default=1)
+    e.add_argument("--test-subset", type=NONNEGATIVE, default=0, help="use the first N test images")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
         "--num-samples",
-        type=int,
+        type=NONNEGATIVE,
         default=0,
         help="K importance samples per image for the test NLL -log p(x), e.g. 5000 (0: skip)",
     )
     e.add_argument(
-        "--batch-size", type=int, default=100, help="test images per NLL batch (default 100)"
+        "--batch-size", type=POSITIVE, default=100, help="test images per NLL batch (default 100)"
     )
     e.add_argument(
         "--samples-per-class",
-        type=int,
+        type=NONNEGATIVE,
         default=1000,
         help="conditional runs: generated digits per label for the classifier check (0: skip)",
     )
@@ -125,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
     _add_data_args(c)
-    c.add_argument("--test-subset", type=int, default=1000, help="test images (default 1000)")
-    c.add_argument("--repeats", type=int, default=20, help="repeated ELBO evaluations R")
-    c.add_argument("--grad-batch", type=int, default=100, help="fixed minibatch for gradients")
-    c.add_argument("--grad-repeats", type=int, default=50, help="gradients per estimate")
+    c.add_argument("--test-subset", type=POSITIVE, default=1000, help="test images (default 1000)")
+    c.add_argument("--repeats", type=_at_least(2), default=20, help="repeated ELBO evaluations R")
+    c.add_argument("--grad-batch", type=POSITIVE, default=100, help="fixed minibatch for gradients")
+    c.add_argument("--grad-repeats", type=_at_least(2), default=50, help="gradients per estimate")
     c.add_argument("--particles", type=_hidden, default=(1, 10), help="e.g. 1,10 (default)")
     c.add_argument("--ks", type=_hidden, default=(1, 5, 50, 500, 5000), help="K for the IW bound")
-    c.add_argument("--iw-subset", type=int, default=100, help="test images for the IW bound")
+    c.add_argument("--iw-subset", type=POSITIVE, default=100, help="test images for the IW bound")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     _add_plot_parser(sub)
@@ -139,35 +198,88 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
+# train's options: which config field each sets (and in which config).
+_VAE_OPTIONS = (
+    "z_dim",
+    "hidden_dims",
+    "activation",
+    "num_classes",
+    "prior",
+    "likelihood",
+    "prior_components",
+    "likelihood_scale",
+)
+_TRAIN_OPTIONS = (
+    "batch_size",
+    "lr",
+    "elbo",
+    "num_particles",
+    "binarize",
+    "seed",
+    "train_subset",
+    "test_subset",
+)
 
-    vae_config = VAEConfig(
-        z_dim=args.z_dim,
-        hidden_dims=args.hidden_dims,
-        activation=args.activation,
-        num_classes=args.num_classes,
-        prior=args.prior,
-        likelihood=args.likelihood,
-        prior_components=args.prior_components,
-        likelihood_scale=args.likelihood_scale,
-    )
+
+def _typed_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The ``dest`` of every option of ``parser`` that appears in ``argv``."""
+    typed = set()
+    for action in parser._actions:
+        for opt in action.option_strings:
+            if any(a == opt or a.startswith(opt + "=") for a in argv):
+                typed.add(action.dest)
+    return typed
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training import train
+
+    if args.resume:
+        train(None, _resume_config(args), resume=True, progress=not args.no_progress)
+        print(f"run written to {args.out}")
+        return
+    vae_config = VAEConfig(**{k: getattr(args, k) for k in _VAE_OPTIONS})
     config = TrainConfig(
         data_dir=args.data_dir,
         out=args.out,
         epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        elbo=args.elbo,
-        num_particles=args.num_particles,
-        binarize=args.binarize,
-        seed=args.seed,
         device=args.device,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
+        **{k: getattr(args, k) for k in _TRAIN_OPTIONS},
     )
-    train(vae_config, config, resume=args.resume, progress=not args.no_progress)
+    train(vae_config, config, progress=not args.no_progress)
     print(f"run written to {args.out}")
+
+
+def _shown(value: object) -> str:
+    """A setting as it is typed on the command line (hidden sizes as 512,256)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+def _resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's own training settings with the --epochs, --data-dir and --device given; a
+    one-line error for any other option typed with a value the run does not have."""
+    ckpt = load_checkpoint(args.out)
+    saved = {
+        **VAEConfig.from_dict(ckpt["vae_config"]).to_dict(),
+        **TrainConfig.from_dict(ckpt["train_config"]).to_dict(),
+    }
+    saved["hidden_dims"] = tuple(saved["hidden_dims"])
+    differ = []
+    for name in sorted(args.typed & {*_VAE_OPTIONS, *_TRAIN_OPTIONS}):
+        given = getattr(args, name)
+        if given != saved[name] and not (name == "binarize" and given == "auto"):
+            flag = "--" + name.replace("_", "-")
+            differ.append(f"{flag} {_shown(given)} (the run has {_shown(saved[name])})")
+    if differ:
+        raise ValueError(
+            f"--resume keeps the run's settings, but {', '.join(differ)}; drop "
+            f"{'it' if len(differ) == 1 else 'them'} (only --epochs, --data-dir and --device "
+            "may change), or train a new run with another --out"
+        )
+    train_fields = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    epochs = args.epochs if "epochs" in args.typed else train_fields["epochs"]
+    where = {"epochs": epochs, "data_dir": args.data_dir, "device": args.device, "out": args.out}
+    return TrainConfig.from_dict({**train_fields, **where})
 
 
 def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
@@ -175,17 +287,16 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
 
     from .loglik import evaluate_log_likelihood
 
-    if args.num_samples < 0 or args.batch_size < 1:
-        raise ValueError("--num-samples must be >= 0 and --batch-size >= 1")
     with seeded(args.seed, device):
         return evaluate_log_likelihood(vae, data.test_batches(args.batch_size), args.num_samples)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
-    from .checkpoint import load_run
+    from .device import resolve_device
     from .evaluate import evaluate_elbo
-    from .train import EVAL_BATCH, resolve_device
+    from .runs import load_run
+    from .training import EVAL_BATCH
 
     device = resolve_device(args.device)
     vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
@@ -237,8 +348,6 @@ def _evaluate_conditioning(args: argparse.Namespace, vae, device) -> dict:
     from .classifier import default_classifier_path, load_or_train_classifier
     from .conditioning import conditioning_accuracy
 
-    if args.samples_per_class < 0:
-        raise ValueError("--samples-per-class must be >= 0 (0 skips the classifier check)")
     path = Path(args.classifier) if args.classifier else default_classifier_path(args.run_dir)
     clf, info = load_or_train_classifier(path, args.data_dir, device)
     with seeded(args.seed, device):
@@ -248,10 +357,10 @@ def _evaluate_conditioning(args: argparse.Namespace, vae, device) -> dict:
 
 def cmd_compare_elbo(args: argparse.Namespace) -> None:
 
-    from .checkpoint import load_run
     from .compare import compare_estimators, format_table
     from .compare_plots import comparison_figure
-    from .train import resolve_device
+    from .device import resolve_device
+    from .runs import load_run
 
     device = resolve_device(args.device)
     vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
@@ -298,7 +407,10 @@ def _add_plot_parser(sub) -> None:
     p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
     _add_data_args(p)
     p.add_argument(
-        "--test-subset", type=int, default=None, help="first N test images (default: the run's)"
+        "--test-subset",
+        type=NONNEGATIVE,
+        default=None,
+        help="first N test images (default: the run's)",
     )
     p.add_argument(
         "--grid",
@@ -308,11 +420,11 @@ def _add_plot_parser(sub) -> None:
     )
     p.add_argument(
         "--grid-extent",
-        type=float,
+        type=_positive_float,
         default=GRID_EXTENT,
         help="grid spans prior mean +- E prior sd per axis ([-E, E] for N(0, I))",
     )
-    p.add_argument("--grid-size", type=int, default=GRID_SIZE, help="points per grid axis")
+    p.add_argument("--grid-size", type=_at_least(2), default=GRID_SIZE, help="points per grid axis")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -337,8 +449,8 @@ def _add_sample_parser(sub) -> None:
     p.add_argument(
         "--label", type=int, default=None, help="digit to draw (conditional runs; default 0-9)"
     )
-    p.add_argument("--num", type=int, default=64, help="number of digits (default 64)")
-    p.add_argument("--ncols", type=int, default=8, help="digits per row (default 8)")
+    p.add_argument("--num", type=POSITIVE, default=64, help="number of digits (default 64)")
+    p.add_argument("--ncols", type=POSITIVE, default=8, help="digits per row (default 8)")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/figures/sample_*.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
@@ -346,13 +458,11 @@ def _add_sample_parser(sub) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
 
-    from .checkpoint import load_vae
     from .conditioning import generate, labels_for_samples
+    from .device import resolve_device
     from .plots import samples_figure
-    from .train import resolve_device
+    from .runs import load_vae
 
-    if args.ncols < 1:
-        raise ValueError(f"--ncols must be at least 1, got {args.ncols}")
     device = resolve_device(args.device)
     vae, _ = load_vae(args.run_dir, device)
     labels_for_samples(vae, args.num, args.label)  # bad --label/--num fail before any work
@@ -381,20 +491,29 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    command = next((a for a in argv if a in COMMANDS), None)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"pyro-vae{' ' + command if command else ''}: error: {e}", file=sys.stderr)
+        return 2
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    args.typed = _typed_options(subparser, argv)
     import pyro
 
-    # Process-wide settings belong to the entry point: parameters live in the modules
-    # (checkpoints are plain state dicts), not in Pyro's global param store.
-    pyro.settings.set(module_local_params=True)
-    try:
-        COMMANDS[args.command](args)
-    except USER_ERRORS as e:
-        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"pyro-vae {args.command}: interrupted", file=sys.stderr)
-        return 130
+    # Process-wide settings belong to the entry point, and only for its duration: parameters
+    # live in the modules (checkpoints are plain state dicts), not in Pyro's param store.
+    with pyro.settings.context(module_local_params=True):
+        try:
+            COMMANDS[args.command](args)
+        except USER_ERRORS as e:
+            print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"pyro-vae {args.command}: interrupted", file=sys.stderr)
+            return 130
     return 0
 
 

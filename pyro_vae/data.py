@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,18 +33,66 @@ MNIST_FILES = (
 TEST_BINARIZE_SEED = 0
 
 
-class DataNotFoundError(RuntimeError):
+class DataError(RuntimeError):
+    """The data cannot be used; the message says what to do."""
+
+
+class DataNotFoundError(DataError):
     """MNIST is neither on disk nor downloadable."""
+
+
+class DataDamagedError(DataError):
+    """A data file is on disk but truncated, empty or not what its name says."""
+
+
+# IDX files (LeCun's format, torchvision's raw layout): magic 0 0 8 N for uint8 with N dims,
+# then N big-endian int32 sizes, then the bytes. Images have 3 dims, labels 1.
+_IDX_NDIM = {"images": 3, "labels": 1}
 
 
 def default_data_dir() -> str:
     return os.environ.get(DATA_ENV, "data")
 
 
+def idx_problem(path: str | os.PathLike, ndim: int) -> str:
+    """What is wrong with an uint8 IDX file of ``ndim`` dims ("" when nothing is)."""
+    path = Path(path)
+    size = path.stat().st_size
+    header = 4 + 4 * ndim
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(header)
+    if len(head) < header:
+        return f"{size} bytes is shorter than the {header}-byte header"
+    if head[:3] != b"\x00\x00\x08" or head[3] != ndim:
+        return f"it does not start like an uint8 IDX file of {ndim} dims (bytes {head[:4].hex()})"
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + math.prod(dims)
+    if size != expected:
+        return f"expected {expected} bytes for shape {dims}, found {size} (truncated or padded)"
+    return ""
+
+
+def check_mnist_files(raw: Path) -> None:
+    """Raises DataDamagedError for a raw MNIST file that is present but unreadable."""
+    for name in MNIST_FILES:
+        path = raw / name
+        if path.is_file():
+            kind = "images" if "images" in name else "labels"
+            problem = idx_problem(path, _IDX_NDIM[kind])
+            if problem:
+                raise DataDamagedError(
+                    f"MNIST file {path} is damaged: {problem}; delete it so that it is "
+                    "downloaded again, or copy an intact one there"
+                )
+
+
 def load_mnist(root: str | os.PathLike, train: bool) -> tuple[Tensor, Tensor]:
     """Images as uint8 [N, 784] and labels as int64 [N] via torchvision (downloads if missing)."""
     from torchvision.datasets import MNIST
 
+    check_mnist_files(Path(root) / "MNIST" / "raw")
     try:
         # torchvision prints its download attempts; the error below says what matters.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -56,6 +105,12 @@ def load_mnist(root: str | os.PathLike, train: bool) -> tuple[Tensor, Tensor]:
             "holding MNIST/raw"
         ) from None
     return ds.data.reshape(len(ds.data), -1), ds.targets.long()
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive (x, y) slices of ``batch_size`` (the last one may be smaller)."""
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
 
 
 def resolve_binarize(binarize: str, likelihood: Likelihood) -> str:
@@ -130,5 +185,4 @@ class MNISTData:
             yield to_pixels(self.train_x[idx], self.binarize, self.likelihood), self.train_y[idx]
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        for start in range(0, self.test_x.shape[0], batch_size):
-            yield self.test_x[start : start + batch_size], self.test_y[start : start + batch_size]
+        return batches(self.test_x, self.test_y, batch_size)

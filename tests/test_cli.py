@@ -114,8 +114,148 @@ def test_evaluate_a_missing_run_dir_is_one_line(tmp_path):
     assert str(missing) in lines[0]
 
 
-def test_bad_option_values_are_one_line_errors(tmp_path, capsys):
-    code = main(["train", "--epochs", "0", "--out", str(tmp_path / "run"), "--device", "cpu"])
+# The bad-input table: what a new user types wrong. Each gets one line on stderr naming the
+# problem and the fix, exit code 2, no traceback, and leaves an existing run byte-identical.
+# Placeholders: RUN (a trained run), CORRUPT (a run whose checkpoint is garbage), FILE (a plain
+# file), EMPTY (an empty folder), DATA (the real MNIST), and damaged copies of it.
+BAD_INPUTS: list[tuple[str, list[str], str]] = [
+    ("no command", [], "required: COMMAND"),
+    ("unknown command", ["fit"], "invalid choice: 'fit'"),
+    ("unknown option", ["train", "--epoch", "3"], "unrecognized arguments: --epoch"),
+    ("--out is a file", ["train", "--out", "FILE"], "is a file, not a run directory"),
+    ("--out holds a run", ["train", "--out", "RUN"], "already holds a run; pass --resume"),
+    ("--epochs 0", ["train", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    ("--batch-size 0", ["train", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    ("--lr -1", ["train", "--lr", "-1"], "--lr: must be positive, got -1"),
+    ("--lr fast", ["train", "--lr", "fast"], "--lr: expected a number, got 'fast'"),
+    ("--z-dim 0", ["train", "--z-dim", "0"], "--z-dim: must be at least 1"),
+    ("--hidden-dims a,b", ["train", "--hidden-dims", "a,b"], "expected sizes like 400"),
+    ("--hidden-dims 0", ["train", "--hidden-dims", "0"], "expected positive sizes"),
+    ("--num-classes -1", ["train", "--num-classes", "-1"], "--num-classes: must be at least 0"),
+    ("--prior-components 0", ["train", "--prior-components", "0"], "must be at least 1, got 0"),
+    ("--prior cauchy", ["train", "--prior", "cauchy"], "invalid choice: 'cauchy'"),
+    ("--likelihood poisson", ["train", "--likelihood", "poisson"], "invalid choice: 'poisson'"),
+    (
+        "conditional prior, no labels",
+        ["train", "--prior", "conditional"],
+        "build the VAE with num_classes > 0",
+    ),
+    ("--likelihood-scale 0", ["train", "--likelihood-scale", "0"], "must be positive, got 0"),
+    ("--num-particles 0", ["train", "--num-particles", "0"], "--num-particles: must be at least"),
+    ("--train-subset -5", ["train", "--train-subset", "-5"], "must be at least 0, got -5"),
+    ("--device tpu", ["train", "--device", "tpu"], "unknown device 'tpu'; use auto, cpu or cuda"),
+    (
+        "grayscale into bernoulli",
+        ["train", "--binarize", "none", "--data-dir", "DATA"],
+        "binarize the data (--binarize dynamic or threshold)",
+    ),
+    (
+        "--resume with another --lr",
+        ["train", "--out", "RUN", "--resume", "--lr", "0.01"],
+        "--lr 0.01 (the run has 0.001); drop it",
+    ),
+    (
+        "--resume with another --hidden-dims",
+        ["train", "--out", "RUN", "--resume", "--hidden-dims", "64,32"],
+        "--hidden-dims 64,32 (the run has 16)",
+    ),
+    ("--resume, no run", ["train", "--out", "EMPTY", "--resume"], "no checkpoint at"),
+    (
+        "truncated MNIST file",
+        ["train", "--data-dir", "TRUNCATED"],
+        "t10k-images-idx3-ubyte is damaged: expected 7840016 bytes for shape [10000, 28, 28], "
+        "found 4000",
+    ),
+    (
+        "garbage MNIST file",
+        ["train", "--data-dir", "GARBAGE"],
+        "train-labels-idx1-ubyte is damaged: it does not start like an uint8 IDX file",
+    ),
+    ("empty MNIST file", ["train", "--data-dir", "EMPTYFILE"], "is damaged: the file is empty"),
+    ("evaluate, no run", ["evaluate", "EMPTY"], "no checkpoint at"),
+    ("evaluate, corrupt checkpoint", ["evaluate", "CORRUPT"], "cannot read checkpoint"),
+    ("evaluate --num-samples -1", ["evaluate", "RUN", "--num-samples", "-1"], "at least 0"),
+    ("evaluate --batch-size 0", ["evaluate", "RUN", "--batch-size", "0"], "at least 1"),
+    ("sample --label on a VAE", ["sample", "RUN", "--label", "3"], "unconditional"),
+    ("sample --num 0", ["sample", "RUN", "--num", "0"], "--num: must be at least 1, got 0"),
+    ("plot --grid-size 1", ["plot", "RUN", "--grid-size", "1"], "must be at least 2, got 1"),
+    ("plot --grid-extent 0", ["plot", "RUN", "--grid-extent", "0"], "must be positive"),
+    ("compare-elbo --repeats 1", ["compare-elbo", "RUN", "--repeats", "1"], "at least 2"),
+    ("compare-elbo --ks 5,x", ["compare-elbo", "RUN", "--ks", "5,x"], "expected sizes"),
+]
+
+
+def _damaged_copy(root: Path, data: Path, name: str, content: bytes) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        if f == name:
+            (raw / f).write_bytes(content)
+        else:
+            (raw / f).symlink_to(data / "MNIST" / "raw" / f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
+    """What the placeholders of BAD_INPUTS stand for."""
+    root = tmp_path_factory.mktemp("bad")
+    run = root / "run"
+    code = main(
+        ["train", "--data-dir", str(mnist_dir), "--out", str(run), "--epochs", "1"]
+        + ["--train-subset", "200", "--test-subset", "50", "--z-dim", "2", "--hidden-dims", "16"]
+        + ["--device", "cpu", "--no-progress"]
+    )
+    assert code == 0
+    corrupt = root / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "checkpoint.pt").write_bytes(b"not a checkpoint" * 10)
+    (root / "file").write_text("I am a file")
+    (root / "empty").mkdir()
+    images = (mnist_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
+    return {
+        "RUN": run,
+        "CORRUPT": corrupt,
+        "FILE": root / "file",
+        "EMPTY": root / "empty",
+        "DATA": mnist_dir,
+        "TRUNCATED": _damaged_copy(
+            root / "trunc", mnist_dir, "t10k-images-idx3-ubyte", images[:4000]
+        ),
+        "GARBAGE": _damaged_copy(
+            root / "garbage", mnist_dir, "train-labels-idx1-ubyte", b"<html>not found</html>"
+        ),
+        "EMPTYFILE": _damaged_copy(root / "emptyfile", mnist_dir, "train-images-idx3-ubyte", b""),
+    }
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize(
+    "argv,expected", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
+    argv, expected, places, capsys, monkeypatch
+):
+    assert len(BAD_INPUTS) >= 25
+    for k, v in OFFLINE.items():  # a missing file would be fetched: here, it must not be
+        monkeypatch.setenv(k, v)
+    argv = [str(places.get(a, a)) for a in argv]
+    if argv and argv[0] == "train" and "--out" not in argv:
+        argv += ["--out", str(places["EMPTY"] / "new")]
+    if argv and argv[0] in ("train", "evaluate", "plot", "compare-elbo", "sample"):
+        argv += [] if "--device" in argv else ["--device", "cpu"]
+        if argv[0] != "sample" and "--data-dir" not in argv:
+            argv += ["--data-dir", str(places["DATA"])]
+    before = _snapshot(places["RUN"])
+    code = main(argv)
     err = capsys.readouterr().err
-    assert code == 2
-    assert err.count("\n") == 1 and "epochs must be at least 1" in err
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("pyro-vae") and ": error: " in err and "Traceback" not in err
+    assert expected in err, err
+    assert _snapshot(places["RUN"]) == before
+    assert not (places["EMPTY"] / "new" / "checkpoint.pt").exists()

@@ -1,12 +1,14 @@
-"""Binarization and batching of MNIST on the device, on small synthetic uint8 images."""
+"""Binarization and batching of MNIST on the device, on small synthetic uint8 images; damaged
+IDX files are named with what is wrong with them."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from pyro_vae.data import MNISTData, to_pixels
+from pyro_vae.data import MNISTData, idx_problem, to_pixels
 from pyro_vae.likelihoods import BernoulliLikelihood
 
 
@@ -51,3 +53,29 @@ def test_train_batches_cover_every_image_once_per_epoch_in_a_new_order():
         assert torch.equal(images, to_pixels(x[order], "threshold", data.likelihood))
         orders.append(order)
     assert not torch.equal(orders[0], orders[1])  # reshuffled each epoch
+
+
+def _idx(dims: list[int], payload: bytes | None = None) -> bytes:
+    head = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    return head + (payload if payload is not None else bytes(math.prod(dims)))
+
+
+@pytest.mark.parametrize(
+    "content,ndim,problem",
+    [
+        (_idx([3, 2, 2]), 3, ""),
+        (_idx([5]), 1, ""),
+        (b"", 3, "the file is empty"),
+        (_idx([3, 2, 2])[:-1], 3, "expected 28 bytes for shape [3, 2, 2], found 27"),
+        (_idx([3, 2, 2]) + b"x", 3, "found 29 (truncated or padded)"),
+        (b"\x1f\x8b\x08\x00" + bytes(30), 3, "does not start like an uint8 IDX file of 3 dims"),
+        (_idx([20]), 3, "does not start like"),  # a labels file where images belong
+        (b"\x00\x00", 1, "shorter than the 8-byte header"),
+    ],
+    ids=["images", "labels", "empty", "truncated", "padded", "gzip", "wrong-ndim", "tiny"],
+)
+def test_idx_problem_names_what_is_wrong(tmp_path, content, ndim, problem):
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    found = idx_problem(path, ndim)
+    assert (found == "") if not problem else (problem in found), found
