@@ -11,13 +11,12 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
-from pyro_vae import VAE, TrainConfig, VAEConfig, elbo_terms
+from pyro_vae import VAE, TrainConfig, VAEConfig, elbo_terms, train
 from pyro_vae.classifier import ClassifierConfig, load_or_train_classifier
 from pyro_vae.cli import main
 from pyro_vae.conditioning import conditioning_accuracy
 from pyro_vae.data import load_mnist
 from pyro_vae.model import VAEGuide, VAEModel
-from pyro_vae.train import train
 
 Z, H, B, C = 3, (32,), 6, 10
 
@@ -154,7 +153,7 @@ def tiny_cvae_run(tmp_path_factory, mnist_dir):
 
 
 def test_trained_cvae_samples_differ_by_label(tiny_cvae_run):
-    from pyro_vae.checkpoint import load_vae
+    from pyro_vae import load_vae
 
     vae, _ = load_vae(tiny_cvae_run)
     torch.manual_seed(0)
@@ -179,19 +178,24 @@ def _nearest_real_digit(vae: VAE, mnist_dir) -> list[int]:
 
 
 def test_trained_cvae_samples_look_like_the_digit_asked_for(tiny_cvae_run, mnist_dir):
-    from pyro_vae.checkpoint import load_vae
+    from pyro_vae import load_vae
 
     vae, _ = load_vae(tiny_cvae_run)
     hits = sum(k == j for k, j in enumerate(_nearest_real_digit(vae, mnist_dir)))
     assert hits >= 8, _nearest_real_digit(vae, mnist_dir)
-    # The same check on the untrained network fails: the property comes from training.
+    # The same check on the untrained network fails: the property comes from training. The
+    # control is built after the trained model ran in this default-mode session; it must not
+    # read the trained model's parameters through Pyro's param store (a VAE owns its own).
     torch.manual_seed(0)
     untrained = VAE(2, (64,), num_classes=C, prior="conditional")
+    fresh = {k: v.clone() for k, v in untrained.state_dict().items()}
     assert sum(k == j for k, j in enumerate(_nearest_real_digit(untrained, mnist_dir))) < 5
+    assert all(torch.equal(v, fresh[k]) for k, v in untrained.state_dict().items())
+    assert {id(p) for p in untrained.parameters()}.isdisjoint(id(p) for p in vae.parameters())
 
 
 def test_predictive_with_labels_returns_the_expected_shapes(tiny_cvae_run):
-    from pyro_vae.checkpoint import load_vae
+    from pyro_vae import load_vae
 
     vae, _ = load_vae(tiny_cvae_run)
     y = torch.tensor([7, 7, 1])
@@ -222,7 +226,7 @@ def test_classifier_is_cached_and_reloads_identically(tiny_classifier, mnist_dir
 
 
 def test_classifier_accuracy_check_end_to_end(tiny_cvae_run, tiny_classifier):
-    from pyro_vae.checkpoint import load_vae
+    from pyro_vae import load_vae
 
     _, clf, _ = tiny_classifier
     vae, _ = load_vae(tiny_cvae_run)

@@ -1,5 +1,7 @@
-"""The VAE's model and guide as Pyro programs: site shapes, gradients, and both training paths
-(classic ``pyro.infer.SVI`` with ``pyro.optim``, and the ELBO as a ``torch.nn.Module`` loss)."""
+"""The VAE's model and guide as Pyro programs: site shapes, gradients, both training paths
+(classic ``pyro.infer.SVI`` with ``pyro.optim``, and the ELBO as a ``torch.nn.Module`` loss),
+and posterior predictive draws with ``pyro.infer.Predictive``. Tests that take the
+``pyro_mode`` fixture run in both of Pyro's modes."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, elbo_terms
 
@@ -40,7 +42,7 @@ def traces(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_particles: int
 
 @pytest.mark.parametrize("num_particles", [1, 3])
 @pytest.mark.parametrize("num_classes", [0, NUM_CLASSES])
-def test_site_shapes(binary_batch, num_classes, num_particles):
+def test_site_shapes(pyro_mode, binary_batch, num_classes, num_particles):
     x = binary_batch
     b = x.shape[0]
     lead = (num_particles, b) if num_particles > 1 else (b,)
@@ -84,9 +86,8 @@ def test_guide_scale_is_positive_for_extreme_inputs(binary_batch):
 @pytest.mark.parametrize("elbo_cls", ELBOS)
 @pytest.mark.parametrize("num_classes", [0, NUM_CLASSES])
 def test_loss_is_finite_and_every_parameter_gets_a_gradient(
-    binary_batch, elbo_cls, num_particles, num_classes
+    pyro_mode, binary_batch, elbo_cls, num_particles, num_classes
 ):
-    pyro.settings.set(module_local_params=True)
     vae = small_vae(num_classes)
     elbo = elbo_cls(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     loss = elbo(vae.model, vae.guide)(binary_batch, labels(num_classes, 8))
@@ -99,6 +100,8 @@ def test_loss_is_finite_and_every_parameter_gets_a_gradient(
 
 
 def test_classic_svi_with_pyro_optim_lowers_the_loss(binary_batch):
+    # Classic SVI + pyro.optim is Pyro's default mode (with module_local_params Pyro's SVI
+    # cannot collect the parameters: that mode is for the ELBO-as-module path below).
     vae = small_vae()
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     evaluate = Trace_ELBO(num_particles=20, vectorize_particles=True, max_plate_nesting=1)
@@ -113,8 +116,7 @@ def test_classic_svi_with_pyro_optim_lowers_the_loss(binary_batch):
     assert after < before - 0.05 * 8 * 784, (before, after)
 
 
-def test_elbo_module_path_with_torch_optim(binary_batch):
-    pyro.settings.set(module_local_params=True)
+def test_elbo_module_path_with_torch_optim(pyro_mode, binary_batch):
     vae = small_vae()
     loss_fn = Trace_ELBO(max_plate_nesting=1)(vae.model, vae.guide)
     assert isinstance(loss_fn, torch.nn.Module)
@@ -130,8 +132,8 @@ def test_elbo_module_path_with_torch_optim(binary_batch):
     with torch.no_grad():
         after = evaluate(vae.model, vae.guide)(binary_batch).item()
     assert after < before - 0.05 * 8 * 784, (before, after)
-    # Module-local parameters never touch the global param store.
-    assert len(pyro.get_param_store()) == 0
+    if pyro_mode == "module-local":  # module-local parameters never touch the global store
+        assert len(pyro.get_param_store()) == 0
 
 
 @pytest.mark.parametrize("path", ["svi", "module", "elbo_terms"])
@@ -157,3 +159,33 @@ def test_bad_labels_are_rejected_before_any_network(binary_batch):
         small_vae().guide(binary_batch, torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         small_vae(NUM_CLASSES).model(binary_batch, torch.full((8,), 10))
+
+
+@pytest.mark.parametrize("num_classes", [0, NUM_CLASSES])
+def test_predictive_draws_reconstructions_of_given_images(pyro_mode, binary_batch, num_classes):
+    """Posterior predictive x ~ p(x | z), z ~ q(z | x), the Pyro way: Predictive with the guide.
+    Pyro returns an observed site as observed, so the model runs under ``uncondition``."""
+    vae = small_vae(num_classes)
+    x, y = binary_batch, labels(num_classes, 8)
+    num = 4000
+    pyro.set_rng_seed(0)
+    draws = Predictive(
+        poutine.uncondition(vae.model), guide=vae.guide, num_samples=num, parallel=True
+    )(x, y)
+    assert draws["z"].shape == (num, 8, Z_DIM) and draws["x"].shape == (num, 8, 784)
+    assert set(draws["x"].unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(draws["x"][0], x)  # drawn, not the observed images handed back
+    # Each draw is a Bernoulli sample at its own z: given the z's, the pixels' mean is the mean
+    # of the decoder's probabilities at those z's, within binomial standard errors.
+    with torch.no_grad():
+        probs = vae.decode(draws["z"], y)  # [num, 8, 784]
+    p = probs.mean(0)
+    se = (p * (1 - p) / num).sqrt().clamp_min(1e-3)
+    assert ((draws["x"].mean(0) - p).abs() / se).max() < 5.5
+    # The reconstructions depend on the images: a different batch gives other probabilities.
+    with torch.no_grad():
+        other = vae.decode(vae.encode(1 - x, y)[0], y)
+    assert (other - vae.decode(vae.encode(x, y)[0], y)).abs().max() > 1e-3
+    # Without uncondition, Pyro hands the observed images back (what a user first tries).
+    kept = Predictive(vae.model, guide=vae.guide, num_samples=2)(x, y)["x"]
+    assert torch.equal(kept[0], x)
