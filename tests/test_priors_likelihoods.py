@@ -163,6 +163,7 @@ def test_data_outside_support_says_the_fix(likelihood):
         "binary": torch.full((BATCH, 784), 0.5),
         "unit": torch.full((BATCH, 784), 1.5),
         "open-unit": torch.zeros(BATCH, 784),
+        "8-bit": torch.full((BATCH, 784), 0.5),  # 127.5 / 255: between two pixel values
     }.get(kind)
     if bad is None:  # gaussian and laplace accept any real pixel
         vae.likelihood.check(torch.randn(BATCH, 784))
