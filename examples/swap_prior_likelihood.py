@@ -3,8 +3,12 @@
     python examples/swap_prior_likelihood.py --epochs 5
     python examples/swap_prior_likelihood.py --combos normal:bernoulli,vamp:bernoulli
 
-Only rows on the same data are comparable: binarized pixels (bernoulli) and grayscale pixels
-(the other likelihoods) are different data, so their nats are not on one scale.
+Each likelihood gets its data from `--binarize auto`: bernoulli binarized pixels, the
+discretized logistic the raw 8-bit values, the densities (continuous Bernoulli, Beta,
+Gaussian, Laplace) dequantized 8-bit pixels. The table has one section per dataset, and
+bits per dimension compare only within a section: the 8-bit rows (dequantized bounds, with
+D log 256 added, and discrete probabilities) share one column; binarized MNIST is a dataset
+of its own.
 """
 
 from __future__ import annotations
@@ -20,10 +24,15 @@ from pyro_vae import TrainConfig, VAEConfig, load_vae, train
 from pyro_vae.data import MNISTData, default_data_dir
 from pyro_vae.loglik import evaluate_log_likelihood
 from pyro_vae.plots import tile
+from pyro_vae.units import data_label, describe, in_units
 
 DEFAULT_COMBOS = (
-    "normal:bernoulli,mog:bernoulli,vamp:bernoulli,normal:continuous-bernoulli,normal:beta"
+    "normal:bernoulli,mog:bernoulli,vamp:bernoulli,"
+    "normal:continuous-bernoulli,normal:beta,normal:gaussian,normal:laplace,"
+    "normal:discretized-logistic"
 )
+# Sections of the table, in this order; rows compare only within one.
+SECTIONS = ("8-bit MNIST", "binarized MNIST", None)
 
 
 def samples_figure(rows: dict[str, torch.Tensor]) -> Figure:
@@ -38,6 +47,28 @@ def samples_figure(rows: dict[str, torch.Tensor]) -> Figure:
     fig.suptitle("Samples from the prior (decoder means), one row per prior:likelihood")
     fig.tight_layout()
     return fig
+
+
+def format_table(rows: list[dict], num_dims: int) -> str:
+    """One section per dataset: bits/dim compare within a section, never across."""
+    lines = []
+    for dataset in SECTIONS:
+        section = [r for r in rows if r["dataset"] == dataset]
+        if not section:
+            continue
+        lines.append(f"\n== {dataset or 'not comparable with any dataset'} ==")
+        lines += [f"   {describe(d, num_dims)}" for d in dict.fromkeys(r["data"] for r in section)]
+        lines.append(
+            f"{'prior':<15}{'likelihood':<22}{'data':<19}{'-ELBO':>9}{'KL':>8}{'NLL':>9}"
+            f"{'-ELBO b/d':>11}{'NLL b/d':>9}{'s/epoch':>9}  KL used"
+        )
+        for r in section:
+            lines.append(
+                f"{r['prior']:<15}{r['likelihood']:<22}{r['data'][:18]:<19}{r['neg_elbo']:>9.2f}"
+                f"{r['kl']:>8.2f}{r['nll']:>9.2f}{r['elbo_bpd']:>11.4f}{r['nll_bpd']:>9.4f}"
+                f"{r['s_epoch']:>9.1f}  {r['kl_kind']}"
+            )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -76,48 +107,45 @@ def main() -> None:
         )
         last = metrics[-1]
         vae, ckpt = load_vae(run, args.device if args.device != "auto" else "cpu")
-        nll = float("nan")
+        binarize = ckpt["train_config"]["binarize"]
+        label = data_label(binarize, vae.likelihood)
+        nll = {"nats_per_image": float("nan"), "bits_per_dim": float("nan")}
         if args.num_samples:
             data = MNISTData.load(
                 args.data_dir,
                 vae.likelihood,
-                ckpt["train_config"]["binarize"],
+                binarize,
                 train_subset=1,
                 test_subset=args.test_subset,
             )
             torch.manual_seed(0)
             nll = evaluate_log_likelihood(
-                vae, data.test_batches(500), num_samples=args.num_samples
-            )["neg_log_likelihood"]
+                vae, data.test_batches(500), num_samples=args.num_samples, binarize=binarize
+            )
         torch.manual_seed(0)
         samples[combo] = vae.sample(12)
-        data_kind = "binarized" if ckpt["train_config"]["binarize"] != "none" else "grayscale"
+        elbo = in_units(last["test_neg_elbo"], vae.config.x_dim, label)
         rows.append(
-            (
-                prior,
-                likelihood,
-                data_kind,
-                last["test_neg_elbo"],
-                last["test_kl"],
-                nll,
-                sum(m["seconds"] for m in metrics) / len(metrics),
-                last["kl_kind"],
-            )
+            {
+                "prior": prior,
+                "likelihood": likelihood,
+                "data": label,
+                "dataset": elbo["dataset"],
+                "neg_elbo": elbo["nats_per_image"],
+                "kl": last["test_kl"],
+                "nll": nll["nats_per_image"],
+                "elbo_bpd": elbo["bits_per_dim"],
+                "nll_bpd": nll["bits_per_dim"],
+                "s_epoch": sum(m["seconds"] for m in metrics) / len(metrics),
+                "kl_kind": last["kl_kind"],
+            }
         )
 
     print(
-        f"\ntest set, nats per image, {args.epochs} epochs, {args.elbo} ELBO; "
-        f"NLL by importance sampling with K={args.num_samples}"
+        f"\ntest set, {args.epochs} epochs, {args.elbo} ELBO; NLL by importance sampling with "
+        f"K={args.num_samples}; nats per image and bits per dimension of each section's dataset"
     )
-    print(
-        f"{'prior':<15}{'likelihood':<22}{'data':<11}{'-ELBO':>9}{'KL':>8}{'NLL':>9}"
-        f"{'s/epoch':>9}  KL used"
-    )
-    for r in rows:
-        print(
-            f"{r[0]:<15}{r[1]:<22}{r[2]:<11}{r[3]:>9.2f}{r[4]:>8.2f}{r[5]:>9.2f}{r[6]:>9.1f}"
-            f"  {r[7]}"
-        )
+    print(format_table(rows, num_dims=VAEConfig().x_dim))
     fig_path = out / "samples.png"
     samples_figure(samples).savefig(fig_path, dpi=110)
     print(f"figure: {fig_path}")

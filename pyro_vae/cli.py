@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import TrainConfig, VAEConfig
+from .config import BINARIZE_MODES, TrainConfig, VAEConfig
 from .data import DATA_ENV, DataError, default_data_dir
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-particles", type=POSITIVE, default=1, help="ELBO particles, vectorized")
     t.add_argument(
         "--binarize",
-        choices=["auto", "dynamic", "threshold", "none"],
+        choices=BINARIZE_MODES,
         default="auto",
-        help="auto: dynamic for bernoulli, grayscale (none) for other likelihoods",
+        help="how pixels become data. auto: dynamic for bernoulli, none (the raw 8-bit values) "
+        "for discretized-logistic, dequantize ((k + u) / 256, fresh per batch) for the others",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--z-dim", type=POSITIVE, default=50, help="latent dimension (default 50)")
@@ -288,7 +289,9 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
     from .loglik import evaluate_log_likelihood
 
     with seeded(args.seed, device):
-        return evaluate_log_likelihood(vae, data.test_batches(args.batch_size), args.num_samples)
+        return evaluate_log_likelihood(
+            vae, data.test_batches(args.batch_size), args.num_samples, binarize=data.binarize
+        )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -297,6 +300,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_elbo
     from .runs import load_run
     from .training import EVAL_BATCH
+    from .units import describe
 
     device = resolve_device(args.device)
     vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
@@ -304,14 +308,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     results = []
     with seeded(args.seed, device):
         for name in elbos:
-            r = evaluate_elbo(vae, data.test_batches(EVAL_BATCH), name, args.num_particles)
-            results.append(r)
+            batches = data.test_batches(EVAL_BATCH)
+            results.append(
+                evaluate_elbo(vae, batches, name, args.num_particles, binarize=data.binarize)
+            )
+    num_dims = vae.config.x_dim
     report = {
         "run_dir": str(args.run_dir),
         "epoch": ckpt["epoch"],
         "split": "test",
         "binarize": data.binarize,
+        "data": results[0]["data"],
+        "dataset": results[0]["dataset"],
+        "num_dims": num_dims,
+        "dequantization_nats": results[0]["dequantization_nats"],
         "seed": args.seed,
+        # neg_elbo, recon, kl, neg_log_likelihood: the model's nats on the data it was fed;
+        # nats_per_image, bits_per_dim: the same for the dataset named by "dataset", with
+        # D log 256 added for dequantized pixels (units.in_units).
         "units": "nats per image",
         "elbo": results,
     }
@@ -320,20 +334,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if vae.config.num_classes and args.samples_per_class:
         report["conditioning"] = _evaluate_conditioning(args, vae, device)
     Path(args.run_dir, "eval.json").write_text(json.dumps(report, indent=2))
-    print(f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'recon':>9}{'KL term':>9}   (test, nats/image)")
+    print(f"test data: {describe(report['data'], num_dims)}")
+    print(
+        f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'recon':>9}{'KL term':>9}{'bits/dim':>10}"
+        "   (test, nats/image)"
+    )
     for r in results:
         print(
             f"{r['estimator']:<22}{r['kl_kind']:<13}{r['neg_elbo']:>9.2f}{r['recon']:>9.2f}"
-            f"{r['kl']:>9.2f}"
+            f"{r['kl']:>9.2f}{r['bits_per_dim']:>10.4f}"
         )
     if args.num_samples:
         ll = report["log_likelihood"]
         print(
             f"test NLL {'-log p(x | y)' if ll['conditional'] else '-log p(x)'} "
-            f"{ll['neg_log_likelihood']:.2f} +- {ll['std_error']:.2f} "
-            f"nats/image (importance sampling, K={ll['num_samples']}, {ll['num_images']} images, "
+            f"{ll['neg_log_likelihood']:.2f} +- {ll['std_error']:.2f} nats/image, "
+            f"{ll['bits_per_dim']:.4f} +- {ll['std_error_bits_per_dim']:.4f} bits/dim "
+            f"(importance sampling, K={ll['num_samples']}, {ll['num_images']} images, "
             f"{ll['seconds']:.1f} s)"
         )
+        if ll["dequantization_nats"]:
+            print(f"  bound on the 8-bit images: {ll['nats_per_image']:.2f} nats/image")
     if "conditioning" in report:
         from .conditioning import format_conditioning
 

@@ -9,6 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# The data modes of TrainConfig.binarize (and of the CLI's --binarize).
+BINARIZE_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
+
 
 @dataclass
 class VAEConfig:
@@ -67,9 +70,13 @@ class TrainConfig:
     # "trace" = Trace_ELBO (Monte Carlo KL), "meanfield" = TraceMeanField_ELBO (analytic KL).
     elbo: str = "trace"
     num_particles: int = 1
-    # "dynamic": a fresh Bernoulli(intensity) draw each time a training batch is used;
-    # "threshold": pixel > 0.5; "none": grayscale in [0, 1] (for non-Bernoulli likelihoods).
-    # "auto" resolves to "dynamic" for binary likelihoods, "none" for the others.
+    # How the uint8 pixels k become the data (one option, so no two settings can contradict):
+    # "dynamic": a fresh Bernoulli(k / 255) draw each time a training batch is used;
+    # "threshold": k / 255 > 0.5; "dequantize": a fresh (k + u) / 256, u ~ U(0, 1), per batch
+    # (densities then bound the 8-bit data's likelihood); "none": the raw values k / 255.
+    # "auto" resolves to "dynamic" for binary likelihoods, "none" for the discretized one and
+    # "dequantize" for densities. The run records the resolved mode (runs made when "auto"
+    # meant "none" for densities recorded "none", and still load that way).
     binarize: str = "auto"
     seed: int = 0
     device: str = "auto"
@@ -81,9 +88,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.elbo not in ("trace", "meanfield"):
             raise ValueError(f"elbo must be 'trace' or 'meanfield', got {self.elbo!r}")
-        if self.binarize not in ("auto", "dynamic", "threshold", "none"):
+        if self.binarize not in BINARIZE_MODES:
             raise ValueError(
-                f"binarize must be auto, dynamic, threshold or none, got {self.binarize!r}"
+                f"binarize must be one of {', '.join(BINARIZE_MODES)}, got {self.binarize!r}"
             )
         for name in ("epochs", "batch_size", "num_particles"):
             if getattr(self, name) < 1:

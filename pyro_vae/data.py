@@ -1,8 +1,8 @@
 """MNIST on the training device: uint8 pixels cut into shuffled batches there.
 
 The whole dataset (47 MB as uint8) is moved to the device once; each batch is an index into it
-and is turned into the likelihood's representation (binarized or grayscale) on the device, so
-there are no per-image Python transforms and no per-step copies from the host.
+and is turned into the likelihood's representation (binarized, dequantized or grayscale) on the
+device, so there are no per-image Python transforms and no per-step copies from the host.
 
 The data directory defaults to ``$PYRO_VAE_DATA_DIR`` when set, else ``./data``.
 """
@@ -29,7 +29,8 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-# The test set is binarized once, with this seed, so every run and checkpoint scores the same data.
+# The test set is binarized (or dequantized) once, with this seed, so every run and checkpoint
+# scores the same data.
 TEST_BINARIZE_SEED = 0
 
 
@@ -113,15 +114,46 @@ def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Ten
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 
+# The data mode 'auto' picks from the likelihood's data kind; densities get dequantized pixels.
+AUTO_BINARIZE = {"binary": "dynamic", "8-bit": "none"}
+# Dequantization noise u takes the midpoints of this many equal steps of (0, 1): k + u then
+# fits float32's 24 bits exactly, so (k + u) / 256 is exact and strictly inside (0, 1).
+# torch.rand's [0, 1) would give exactly 0 at k = 0 (outside a Beta's support), and for
+# u within 2**-17 of 1, 255 + u rounds to 256, i.e. x = 1. The steps are 2**-23 apart in x,
+# two float32 steps just below 1: finer than that float32 cannot tell apart anyway.
+DEQUANTIZE_STEPS = 2**15
+
+
 def resolve_binarize(binarize: str, likelihood: Likelihood) -> str:
-    """'auto' means dynamic binarization for binary likelihoods and grayscale for the others."""
+    """'auto': dynamic binarization for binary likelihoods, the raw 8-bit values (none) for
+    discrete 8-bit ones, dequantized pixels for densities. Runs record the resolved mode, so
+    a run made when 'auto' meant 'none' for densities still evaluates on 'none'."""
     if binarize == "auto":
-        return "dynamic" if likelihood.data_kind == "binary" else "none"
+        return AUTO_BINARIZE.get(likelihood.data_kind, "dequantize")
     return binarize
 
 
+def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """uint8 [N, D] -> float (k + u) / 256 [N, D] with u ~ U(0, 1) per pixel, on x's device.
+
+    A density on these pixels bounds the 8-bit images' log-probability after the change of
+    variables term (``units.dequantization_nats``).
+    """
+    steps = torch.randint(
+        DEQUANTIZE_STEPS, x_uint8.shape, generator=generator, device=x_uint8.device
+    )
+    u = (steps.float() + 0.5) / DEQUANTIZE_STEPS
+    return (x_uint8.float() + u) / 256
+
+
 def to_pixels(x_uint8: Tensor, binarize: str, likelihood: Likelihood, generator=None) -> Tensor:
-    """uint8 [N, D] -> float [N, D] in the likelihood's representation, on x's device."""
+    """uint8 [N, D] -> float [N, D] in the likelihood's representation, on x's device.
+
+    binarize: "dynamic" (a fresh Bernoulli(k / 255) draw), "threshold" (k / 255 > 0.5),
+    "dequantize" (a fresh (k + u) / 256, not passed to ``prepare``) or "none" (k / 255).
+    """
+    if binarize == "dequantize":
+        return dequantize(x_uint8, generator)
     x = x_uint8.float().div_(255.0)
     if binarize == "dynamic":
         x = torch.bernoulli(x, generator=generator)
@@ -132,7 +164,8 @@ def to_pixels(x_uint8: Tensor, binarize: str, likelihood: Likelihood, generator=
 
 @dataclass
 class MNISTData:
-    """Training images (uint8, binarized per batch) and a fixed test set, on ``device``."""
+    """Training images (uint8, binarized or dequantized per batch) and a fixed test set, on
+    ``device``."""
 
     train_x: Tensor  # uint8 [N, 784]
     train_y: Tensor  # int64 [N]

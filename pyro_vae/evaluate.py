@@ -1,4 +1,5 @@
-"""Evaluation of a trained VAE: the test ELBO (either estimator), per image, in nats."""
+"""Evaluation of a trained VAE: the test ELBO (either estimator), per image, in nats and in
+bits per dimension (``units.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import Tensor
 
 from .elbo import elbo_terms
 from .model import VAE
+from .units import data_label, in_units
 
 ESTIMATORS = {"trace": "Trace_ELBO", "meanfield": "TraceMeanField_ELBO"}
 
@@ -20,11 +22,20 @@ def labels_for(vae: VAE, y: Tensor) -> Tensor | None:
 
 @torch.no_grad()
 def evaluate_elbo(
-    vae: VAE, batches: Iterable[tuple[Tensor, Tensor]], elbo: str = "trace", num_particles: int = 1
+    vae: VAE,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    elbo: str = "trace",
+    num_particles: int = 1,
+    *,
+    binarize: str | None = None,
 ) -> dict:
     """Mean -ELBO, reconstruction term -E_q log p(x|z) and KL per image over ``batches``.
 
-    Sums stay on the device; the host reads them once at the end.
+    ``neg_elbo``, ``recon`` and ``kl`` are nats of the model on the data as given. ``binarize``
+    is the data mode the batches were made with (``MNISTData.binarize``): the units fields
+    (``units.in_units``) then say which data the -ELBO is about and give it as a bound on that
+    data's -log P, in nats per image and bits per dimension. Sums stay on the device; the host
+    reads them once at the end.
     """
     analytic = elbo == "meanfield"
     kinds = set()
@@ -54,4 +65,5 @@ def evaluate_elbo(
         "kl_kind": kinds.pop() if len(kinds) == 1 else "mixed",
         "num_images": n,
         "num_particles": num_particles,
+        **in_units(recon + kl, vae.config.x_dim, data_label(binarize, vae.likelihood)),
     }

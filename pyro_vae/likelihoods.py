@@ -15,24 +15,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VAEConfig
+from .discretized import DiscretizedLogistic, eight_bit_grid, to_grid
 
 # Beta data must lie strictly inside (0, 1); pixels are squeezed into [EPS, 1 - EPS].
 BETA_EPS = 1e-3
 # Learned pixel scales and concentrations stay above this, so log-densities stay finite
 # (networks.GUIDE_MIN_SCALE is the guide's floor).
 LIKELIHOOD_MIN_SCALE = 1e-3
+# The discretized logistic's scale floor: its probabilities never exceed 1, so the floor only
+# keeps (x - loc) / scale finite. At 1/39 of a bin, one bin can hold all but e^-19 of the
+# mass; at LIKELIHOOD_MIN_SCALE (a quarter of a bin) an interior pixel's probability stops at 0.75.
+DISCRETE_MIN_SCALE = 1e-4
 
 
 class Likelihood(nn.Module):
     """Base class. Subclasses set the class attributes and implement ``forward``."""
 
     params_per_pixel: int = 1
-    # "binary": {0, 1}; "unit": [0, 1]; "open-unit": (0, 1); "real": any float.
+    # "binary": {0, 1}; "8-bit": the 256 values k / 255; "unit": [0, 1]; "open-unit": (0, 1);
+    # "real": any float. The first two are discrete (probabilities), the others densities.
     data_kind: str = "real"
     name: str = "custom"
 
     def prepare(self, x: Tensor) -> Tensor:
-        """Maps grayscale pixels in [0, 1] to this likelihood's data representation."""
+        """Maps grayscale pixels in [0, 1] to this likelihood's data representation.
+
+        Dequantized pixels (``data.to_pixels(..., "dequantize")``) do not pass through here:
+        they are scored as drawn, since a change to them would need its Jacobian in the bound.
+        """
         return x
 
     def check(self, x: Tensor) -> None:
@@ -81,6 +91,8 @@ def _support_violation(x: Tensor, kind: str) -> str:
         return "pixels in [0, 1]"
     if kind == "open-unit" and not ((x > 0) & (x < 1)).all():
         return "pixels strictly inside (0, 1)"
+    if kind == "8-bit" and not eight_bit_grid.check(x).all():
+        return "the raw 8-bit pixel values k / 255, k = 0..255"
     return ""
 
 
@@ -90,9 +102,17 @@ def _fix_hint(kind: str) -> str:
             "binarize the data (--binarize dynamic or threshold) or use a likelihood for "
             "grayscale pixels (--likelihood continuous-bernoulli)"
         )
+    if kind == "8-bit":
+        return (
+            "give it the pixels undequantized (--binarize none, which auto picks for it); "
+            "dequantized pixels are for the continuous likelihoods"
+        )
     if kind == "open-unit":
-        return "squeeze the pixels with the likelihood's prepare() (the data pipeline does this)"
-    return "scale the pixels to [0, 1] (--binarize none gives grayscale in [0, 1])"
+        return (
+            "squeeze the pixels with the likelihood's prepare() or dequantize them "
+            "(--binarize dequantize); the data pipeline does either"
+        )
+    return "scale the pixels to [0, 1] (--binarize dequantize or none give grayscale in [0, 1])"
 
 
 class BernoulliLikelihood(Likelihood):
@@ -151,7 +171,8 @@ class LaplaceLikelihood(_LocScaleLikelihood):
 
 
 class BetaLikelihood(Likelihood):
-    """x_i ~ Beta(a_i, b_i), both from the decoder: grayscale squeezed into (0, 1)."""
+    """x_i ~ Beta(a_i, b_i), both from the decoder: dequantized pixels (inside (0, 1) as
+    drawn), or grayscale squeezed into (0, 1)."""
 
     params_per_pixel = 2
     data_kind = "open-unit"
@@ -169,12 +190,33 @@ class BetaLikelihood(Likelihood):
         )
 
 
+class DiscretizedLogisticLikelihood(Likelihood):
+    """x_i ~ DiscretizedLogistic(loc = out_i, scale = softplus(out'_i) + floor), over the 256
+    pixel values.
+
+    The decoder gives a location (unbounded, so the edge bins can take all the mass) and a
+    per-pixel scale: 2 outputs per pixel. Its log-likelihood is that of the 8-bit images.
+    """
+
+    params_per_pixel = 2
+    data_kind = "8-bit"
+    name = "discretized-logistic"
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return to_grid(x)
+
+    def forward(self, out: Tensor) -> dist.Distribution:
+        loc, raw_scale = out.chunk(2, dim=-1)
+        return self.pixels(DiscretizedLogistic(loc, F.softplus(raw_scale) + DISCRETE_MIN_SCALE))
+
+
 LIKELIHOODS: dict[str, Callable[[VAEConfig], Likelihood]] = {
     "bernoulli": lambda c: BernoulliLikelihood(),
     "continuous-bernoulli": lambda c: ContinuousBernoulliLikelihood(),
     "gaussian": lambda c: GaussianLikelihood(c.likelihood_scale),
     "laplace": lambda c: LaplaceLikelihood(c.likelihood_scale),
     "beta": lambda c: BetaLikelihood(),
+    "discretized-logistic": lambda c: DiscretizedLogisticLikelihood(),
 }
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .evaluate import labels_for
 from .model import VAE
+from .units import data_label, in_units
 
 SAMPLE_PLATE = "importance_samples"
 # Decoder-output elements per chunk when chunk_size is not given. On a CPU a chunk that stays
@@ -138,11 +139,15 @@ def evaluate_log_likelihood(
     batches: Iterable[tuple[Tensor, Tensor]],
     num_samples: int = 5000,
     chunk_size: int | None = None,
+    *,
+    binarize: str | None = None,
 ) -> dict:
     """Test NLL = -log p(x) (nats per image, mean over ``batches``), K = ``num_samples``.
 
     Returns the mean NLL, its standard error over images, the number of images and the seconds
-    taken (device synchronized). For the conditional VAE the value is -log p(x | y).
+    taken (device synchronized). For the conditional VAE the value is -log p(x | y). With the
+    data mode ``binarize`` the batches were made with, the units fields (``units.in_units``)
+    say which data the NLL is about and give it in nats per image and bits per dimension.
     """
     width = sample_width(vae)
     sums = None
@@ -166,12 +171,14 @@ def evaluate_log_likelihood(
     seconds = time.perf_counter() - t0
     mean = total / n
     var = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    std_error = math.sqrt(var / n)
     return {
         "neg_log_likelihood": -mean,
-        "std_error": math.sqrt(var / n),
+        "std_error": std_error,
         "num_samples": num_samples,
         "num_images": n,
         "conditional": bool(vae.config.num_classes),
         "proposal": "guide q(z | x)",
         "seconds": seconds,
+        **in_units(-mean, vae.config.x_dim, data_label(binarize, vae.likelihood), std_error),
     }

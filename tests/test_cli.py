@@ -7,6 +7,7 @@ the rest calls ``pyro_vae.cli.main`` in-process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -259,3 +260,56 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
     assert expected in err, err
     assert _snapshot(places["RUN"]) == before
     assert not (places["EMPTY"] / "new" / "checkpoint.pt").exists()
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize(
+    "options,mode,data",
+    [
+        (["--likelihood", "gaussian"], "dequantize", "8-bit dequantized"),
+        (["--likelihood", "discretized-logistic"], "none", "8-bit discrete"),
+        (["--likelihood", "bernoulli"], "dynamic", "binarized"),
+        # A run made before dequantization existed recorded "none": it evaluates on "none".
+        (
+            ["--likelihood", "beta", "--binarize", "none"],
+            "none",
+            "grayscale [0,1] (not comparable)",
+        ),
+    ],
+    ids=["dequantized", "discrete", "binarized", "grayscale"],
+)
+def test_evaluate_says_which_data_and_reports_bits_per_dim(
+    mnist_dir, tmp_path, capsys, options, mode, data
+):
+    run = tmp_path / "run"
+    common = ["--data-dir", str(mnist_dir), "--device", "cpu"]
+    train = ["train", "--out", str(run), "--epochs", "1", "--train-subset", "256", "--no-progress"]
+    train += ["--test-subset", "32", "--hidden-dims", "16", "--z-dim", "4", *options]
+    assert main(train + common) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["binarize"] == mode
+    capsys.readouterr()
+    evaluate = [
+        "evaluate",
+        str(run),
+        "--num-samples",
+        "5",
+        "--elbo",
+        "trace",
+        "--test-subset",
+        "32",
+    ]
+    assert main(evaluate + common) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads((run / "eval.json").read_text())
+    assert (report["binarize"], report["data"], report["num_dims"]) == (mode, data, 784)
+    added = 784 * math.log(256) if mode == "dequantize" else 0.0
+    assert report["dequantization_nats"] == pytest.approx(added)
+    for r in [*report["elbo"], report["log_likelihood"]]:
+        nats = r.get("neg_elbo", r.get("neg_log_likelihood"))
+        assert r["bits_per_dim"] == pytest.approx((nats + added) / (784 * math.log(2)))
+    (elbo,) = report["elbo"]
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("Trace_ELBO "))
+    assert f"{elbo['bits_per_dim']:.4f}" in line  # the table shows what the file holds
+    assert f"test data: {data}: " in stdout
+    nll_line = next(ln for ln in stdout.splitlines() if ln.startswith("test NLL"))
+    assert f"{report['log_likelihood']['bits_per_dim']:.4f}" in nll_line and "bits/dim" in nll_line

@@ -25,7 +25,7 @@ EXAMPLES: dict[str, list[str]] = {
     "latent_2d.py": f"{TINY} --test-subset 200 --grid-size 5".split(),
     "swap_prior_likelihood.py": (
         f"{TINY} --test-subset 64 --num-samples 10 "
-        "--combos normal:bernoulli,mog:continuous-bernoulli"
+        "--combos normal:bernoulli,mog:continuous-bernoulli,normal:discretized-logistic"
     ).split(),
     "custom_prior.py": f"{TINY} --epochs 2 --test-subset 64 --z-dim 4 --num-samples 10".split(),
     "compare_elbo.py": (

@@ -13,10 +13,13 @@ import torch
 
 from pyro_vae import VAE, elbo_terms
 from pyro_vae.cli import main
+from pyro_vae.data import resolve_binarize, to_pixels
+from pyro_vae.evaluate import evaluate_elbo
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.loglik import evaluate_log_likelihood, iw_bound, log_marginal, log_weights
 from pyro_vae.networks import GUIDE_MIN_SCALE
 from pyro_vae.priors import PRIORS
+from pyro_vae.units import bits_per_dim, dequantization_nats
 
 X_DIM, Z_DIM, SIGMA = 6, 2, 0.5
 # Column norms of W: the posterior N(m(x), S) has S = diag(1 / (1 + s^2 / sigma^2)) when the
@@ -219,3 +222,37 @@ def test_cli_evaluate_writes_nll_and_protocol(mnist_dir, tmp_path):
     for r in report["elbo"]:
         assert ll["neg_log_likelihood"] < r["neg_elbo"]
     assert main(ev[:2] + ["--num-samples", "-1"] + common) == 2
+
+
+@pytest.mark.parametrize("likelihood", ["discretized-logistic", "gaussian"])
+def test_nll_lies_below_the_elbo_in_bits_per_dim_on_8_bit_data(likelihood):
+    # 8-bit images: 4 stroke patterns (value ~200) on a noisy dark background, 12 copies each.
+    g = torch.Generator().manual_seed(2)
+    x_dim = 64
+    strokes = (torch.rand(4, x_dim, generator=g) < 0.3).repeat(12, 1)
+    noise = torch.randint(0, 56, strokes.shape, generator=g)
+    raw = (strokes * 200 + noise).to(torch.uint8)
+    vae = VAE(z_dim=4, hidden_dims=(32,), x_dim=x_dim, likelihood=likelihood)
+    mode = resolve_binarize("auto", vae.likelihood)  # the data each likelihood gets
+    optim = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    for _ in range(60):
+        optim.zero_grad()
+        elbo_terms(vae.model, vae.guide, to_pixels(raw, mode, vae.likelihood)).loss.backward()
+        optim.step()
+    test = [(to_pixels(raw, mode, vae.likelihood, generator=g), torch.zeros(len(raw)))]
+    with torch.no_grad():
+        elbo = evaluate_elbo(vae, test, "trace", num_particles=20, binarize=mode)
+        nll = evaluate_log_likelihood(vae, test, num_samples=500, binarize=mode)
+    added = x_dim * math.log(256) if mode == "dequantize" else 0.0
+    assert nll["data"] == elbo["data"] == ("8-bit dequantized" if added else "8-bit discrete")
+    assert nll["nats_per_image"] == pytest.approx(nll["neg_log_likelihood"] + added)
+    assert elbo["nats_per_image"] == pytest.approx(elbo["neg_elbo"] + added)
+    margin = 2 * nll["std_error_bits_per_dim"]
+    assert 0 < nll["bits_per_dim"] <= elbo["bits_per_dim"] + margin
+    # Negative control: the two in different units (one with the D log 256 term, one
+    # without: 8 bits/dim apart) break the inequality by far more than the margin.
+    if added:
+        assert nll["bits_per_dim"] > bits_per_dim(elbo["neg_elbo"], x_dim) + 10 * margin
+    else:
+        wrong = bits_per_dim(nll["neg_log_likelihood"] + dequantization_nats(x_dim), x_dim)
+        assert wrong > elbo["bits_per_dim"] + 10 * margin

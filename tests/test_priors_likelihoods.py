@@ -188,6 +188,7 @@ def test_data_outside_support_says_the_fix(likelihood):
         "binary": torch.full((BATCH, 784), 0.5),
         "unit": torch.full((BATCH, 784), 1.5),
         "open-unit": torch.zeros(BATCH, 784),
+        "8-bit": torch.full((BATCH, 784), 0.5),  # 127.5 / 255: between two pixel values
     }.get(kind)
     if bad is None:  # gaussian and laplace accept any real pixel
         vae.likelihood.check(torch.randn(BATCH, 784))
@@ -300,11 +301,22 @@ MOMENTS = {
         _sig(out[..., :784]),
         math.sqrt(2) * (_softplus(out[..., 784:]) + LIKELIHOOD_MIN_SCALE),
     ),
+    "discretized-logistic": lambda out: (_discretized_logistic_mean(out), None),
     "beta": lambda out: _beta_moments(
         _softplus(out[..., :784]) + LIKELIHOOD_MIN_SCALE,
         _softplus(out[..., 784:]) + LIKELIHOOD_MIN_SCALE,
     ),
 }
+
+
+def _discretized_logistic_mean(out: torch.Tensor) -> torch.Tensor:
+    """sum_k (k / 255) P(k), P(k) = F(upper_k) - F(lower_k), F the logistic CDF, edge bins open."""
+    loc, scale = out[..., :784, None], _softplus(out[..., 784:, None]) + 1e-4
+    k = torch.arange(256, dtype=out.dtype)
+    upper = torch.where(k == 255, torch.inf, (k + 0.5) / 255)
+    lower = torch.where(k == 0, -torch.inf, (k - 0.5) / 255)
+    probs = _sig((upper - loc) / scale) - _sig((lower - loc) / scale)
+    return (probs * k / 255).sum(-1)
 
 
 def _beta_moments(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
