@@ -1,4 +1,5 @@
-"""The ELBO computed on the device from Pyro traces, split into its reconstruction and KL terms.
+"""The ELBO (and the IWAE bound) computed on the device from Pyro traces, split into its
+reconstruction and KL terms.
 
 ``elbo_terms`` is the same estimator as ``pyro.infer.Trace_ELBO`` (``analytic_kl=False``) or
 ``pyro.infer.TraceMeanField_ELBO`` (``analytic_kl=True``), with vectorized particles, but it never
@@ -9,6 +10,7 @@ own ELBOs on the same random draws.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -157,3 +159,60 @@ def elbo_terms(
     kl = _per_image(kl, num_particles, batch, log_lik)
     loss = kl.sum() - log_lik.sum()
     return ELBOTerms(loss=loss, log_lik=log_lik, kl=kl, analytic_kl=analytic_kl and used_analytic)
+
+
+OBJECTIVES = {
+    "trace": "Trace_ELBO",
+    "meanfield": "TraceMeanField_ELBO",
+    "iwae": "IWAE (RenyiELBO, alpha=0)",
+}
+
+
+def iwae_terms(model: Callable, guide: Callable, *args, num_particles: int = 5) -> ELBOTerms:
+    """The importance-weighted bound of Burda et al. (2016), per image, K = ``num_particles``::
+
+        L_K = log (1/K) sum_k p(x, z_k) / q(z_k | x),   z_k ~ q(z | x)
+
+    ``loss`` = -sum over images of L_K; its gradient is the IWAE gradient (the normalized
+    weights times the gradient of each log-weight), as ``pyro.infer.RenyiELBO(alpha=0,
+    vectorize_particles=True)`` computes it, image by image. ``log_lik`` and ``kl`` are the
+    ELBO's two terms from the same K draws (their difference is the ELBO, at most L_K). K = 1
+    is Trace_ELBO.
+    """
+    model_trace, guide_trace = get_traces(model, guide, *args, num_particles=num_particles)
+    batch = check_traces(model_trace, guide_trace)
+    log_lik = log_p = log_q = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            log_lik = log_lik + _site_log_prob(site)
+        else:
+            log_p = log_p + _site_log_prob(site)
+            log_q = log_q + _site_log_prob(guide_trace.nodes[name])
+    log_w = log_lik + log_p - log_q  # [K, B] (or [B] for K = 1)
+    if num_particles > 1:
+        bound = log_w.logsumexp(0) - math.log(num_particles)
+    else:
+        bound = log_w
+    per_image_lik = _per_image(log_lik, num_particles, batch, log_w)
+    kl = _per_image(log_q - log_p, num_particles, batch, log_w)
+    return ELBOTerms(loss=-bound.sum(), log_lik=per_image_lik, kl=kl, analytic_kl=False)
+
+
+def objective_terms(
+    model: Callable,
+    guide: Callable,
+    *args,
+    objective: str = "trace",
+    num_particles: int = 1,
+) -> ELBOTerms:
+    """The training objective by name (``OBJECTIVES``): ``elbo_terms`` for "trace" and
+    "meanfield", ``iwae_terms`` for "iwae"."""
+    if objective == "iwae":
+        return iwae_terms(model, guide, *args, num_particles=num_particles)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
+    return elbo_terms(
+        model, guide, *args, num_particles=num_particles, analytic_kl=objective == "meanfield"
+    )

@@ -22,6 +22,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
@@ -73,7 +74,10 @@ def check_labels(
         raise ValueError(f"{y.shape[0]} labels for a batch of {batch_size} images")
     if device is not None and y.device != device:
         raise ValueError(f"labels y are on {y.device} but the images/model on {device}; use y.to()")
-    if y.numel():
+    # The range check reads the labels back to the host: it is part of Pyro's validation,
+    # and the traced step (validation off, no host reads) checks a dataset's labels once,
+    # on load, instead (MNISTData.validate).
+    if y.numel() and is_validation_enabled():
         lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host read for both bounds
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")

@@ -1,0 +1,335 @@
+"""The training step, eager or traced.
+
+``ELBOLoss`` is the VAE's objective as a torch module (Pyro's ELBO-as-module pattern): its
+``forward(x, y)`` runs the Pyro guide and the replayed model and returns the loss with the
+epoch's metric sums. Two steps drive it:
+
+- :class:`EagerStep` runs Pyro every step, with Pyro's validation on: the reference. Wrapped in
+  ``DistributedDataParallel`` it is the multi-process step (``distributed.py``).
+- :class:`TracedStep` traces forward *and* backward once per input shape with
+  ``make_fx`` into a graph of aten operations, then replays that graph every step with fresh
+  random draws (the draws are graph operations), and hands the gradients to the fused Adam
+  step. Pyro's messenger stack, trace building, PyroModule parameter statements and
+  validation's host reads are paid once, at tracing. The graph is replayed as is (``fx``),
+  compiled by inductor (``compiled``: fused C++ on a CPU, Triton on a GPU), or on CUDA
+  captured with the optimizer step in a CUDA graph (``cudagraph``).
+
+Validation's guarantee moves, it is not dropped: the traced graph is built with validation off
+(a data-dependent Python ``if`` cannot live in a graph), and instead the whole dataset is checked
+against the likelihood's support once, on load, and the labels once per dataset
+(``MNISTData.validate``); the graph itself flags a non-finite loss or gradient on the device,
+read once per epoch. User-facing calls (``vae.model(x, y)``, classic SVI) keep Pyro's
+validation as it is: tracing changes no setting outside its own block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Callable, Iterator
+
+import pyro
+import torch
+from torch import Tensor, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from .elbo import objective_terms
+from .model import VAE
+
+STEPS = ("eager", "fx", "compiled", "cudagraph")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss, a gradient or a parameter became NaN or infinite during training."""
+
+
+class ELBOLoss(nn.Module):
+    """The negative objective of ``vae`` on a batch, as a module (what DDP wraps).
+
+    ``objective``: "trace" (Trace_ELBO), "meanfield" (TraceMeanField_ELBO) or "iwae" (the
+    importance-weighted bound L_K, K = ``num_particles``). ``forward(x, y)`` returns
+    ``(loss * loss_scale, sum of -E_q log p(x|z), sum of KL)``: the loss is summed over the
+    batch's images and differentiable; the two sums are the metrics' (detached).
+    """
+
+    def __init__(
+        self, vae: VAE, objective: str = "trace", num_particles: int = 1, loss_scale: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.vae = vae
+        self.objective = objective
+        self.num_particles = num_particles
+        self.loss_scale = loss_scale
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        t = objective_terms(
+            self.vae.model,
+            self.vae.guide,
+            x,
+            y,
+            objective=self.objective,
+            num_particles=self.num_particles,
+        )
+        return t.loss * self.loss_scale, -t.log_lik.sum().detach(), t.kl.sum().detach()
+
+
+def parameters_finite(module: nn.Module) -> bool:
+    """True when every parameter is finite (one host read)."""
+    flags = [p.detach().isfinite().all() for p in module.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+class EagerStep:
+    """Pyro's model and guide run every step; returns [loss, recon sum, KL sum] and a
+    non-finite flag, both on the device (no host read).
+
+    ``loss`` is an :class:`ELBOLoss`, or one wrapped in ``DistributedDataParallel`` whose
+    gradient hooks average over the ranks during ``backward``; ``loss_scale`` is the factor
+    the module multiplied the loss by (the world size under DDP), taken out of the metrics.
+    """
+
+    def __init__(
+        self, loss: nn.Module, optimizer: torch.optim.Optimizer, loss_scale: float = 1.0
+    ) -> None:
+        self.loss = loss
+        self.optimizer = optimizer
+        self.loss_scale = loss_scale
+
+    def __call__(self, x: Tensor, y: Tensor | None, full: bool = True) -> tuple[Tensor, Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, recon, kl = self.loss(x, y)
+        loss.backward()
+        self.optimizer.step()
+        value = loss.detach() / self.loss_scale
+        return torch.stack([value, recon, kl]), ~value.isfinite()
+
+
+@contextlib.contextmanager
+def tracing_context() -> Iterator[None]:
+    """What tracing needs, scoped to the block so the user's session is untouched:
+
+    - validation off (its checks are host reads in Python ``if`` s);
+    - an empty, temporary param store: in Pyro's default mode a PyroModule swaps in a stored
+      tensor of the same name, which would replace the traced parameter with a constant;
+    - torch's RNG forked, so tracing draws nothing from the run's random stream (a resumed run
+      then draws exactly what an uninterrupted one does).
+    """
+    with (
+        pyro.validation_enabled(False),
+        pyro.get_param_store().scope(),
+        torch.random.fork_rng(
+            devices=list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        ),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def keep_validation_settings() -> Iterator[None]:
+    """torch.compile's first use switches torch.distributions validation off for the whole
+    process (torch._dynamo's TorchPatcher); this puts back what the user had."""
+    torch_default = torch.distributions.Distribution._validate_args
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(torch_default)
+
+
+def trace_step(loss: ELBOLoss, x: Tensor, y: Tensor | None) -> torch.fx.GraphModule:
+    """The forward and backward of ``loss`` on inputs shaped like ``x``, ``y`` as one graph.
+
+    The graph takes ``(params, buffers, x[, y])`` and returns
+    ``(metrics [3], bad [] bool, *grads)``: ``metrics`` = [loss, recon sum, KL sum], ``bad``
+    true when the loss or a gradient is not finite. Traced with fake tensors: nothing is
+    computed and any data-dependent Python ``if`` or host read fails here, at tracing, rather
+    than leaving a sync in the graph.
+    """
+    names = [n for n, _ in loss.named_parameters()]
+    buffer_names = [n for n, _ in loss.named_buffers()]
+    conditional = y is not None
+
+    def step(params: list[Tensor], buffers: list[Tensor], x: Tensor, *y: Tensor):
+        state = {
+            **dict(zip(names, params, strict=True)),
+            **dict(zip(buffer_names, buffers, strict=True)),
+        }
+        value, recon, kl = torch.func.functional_call(loss, state, (x, y[0] if y else None))
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+        ]
+        finite = torch.stack([value.isfinite(), *(g.isfinite().all() for g in grads)]).all()
+        return (torch.stack([value.detach(), recon, kl]), ~finite, *grads)
+
+    params = [p.detach().requires_grad_(True) for p in loss.parameters()]
+    buffers = [b for b in loss.buffers()]
+    inputs = (params, buffers, x, *([y] if conditional else []))
+    with tracing_context():
+        return make_fx(step, tracing_mode="fake")(*inputs)
+
+
+class TracedStep:
+    """The step traced once (per input shape) and replayed; see the module docstring.
+
+    ``backend``: "fx" (replay the graph), "compiled" (inductor) or "cudagraph" (CUDA only:
+    graph and fused Adam replayed from one CUDA graph capture). Batches of any other size than
+    the first one traced (the epoch's last, smaller batch) take ``fallback``, the eager step,
+    so there is one graph per run, not two. ``all_reduce``: in a multi-process run, sums the
+    gradients over the ranks (one collective over a flat buffer) before the optimizer step.
+    """
+
+    def __init__(
+        self,
+        loss: ELBOLoss,
+        optimizer: torch.optim.Optimizer,
+        backend: str = "compiled",
+        fallback: Callable | None = None,
+        all_reduce: Callable[[Tensor], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if backend not in ("fx", "compiled", "cudagraph"):
+            raise ValueError(f"unknown traced backend {backend!r}; use fx, compiled or cudagraph")
+        self.loss = loss
+        self.optimizer = optimizer
+        self.backend = backend
+        self.fallback = fallback or EagerStep(loss, optimizer)
+        self.fall_back_to_fx = False
+        self.all_reduce = all_reduce
+        self.log = log
+        self.params = list(loss.parameters())
+        self.buffers = list(loss.buffers())
+        self.shape: tuple | None = None
+        self.graph: Callable | None = None
+        self.trace_seconds = 0.0
+
+    def _build(self, x: Tensor, y: Tensor | None) -> None:
+        t0 = time.perf_counter()
+        gm = trace_step(self.loss, x, y)
+        if self.backend == "fx":
+            self.graph = gm
+        elif self.backend == "compiled":
+            try:
+                self.graph = _compile(gm, self.params, self.buffers, x, y)
+            except Exception as e:  # noqa: BLE001 - no compiler here: replay the graph instead
+                if not self.fall_back_to_fx:
+                    raise
+                if self.log:
+                    self.log(f"could not compile the step ({type(e).__name__}); replaying it")
+                self.backend, self.graph = "fx", gm
+        else:
+            from .cuda_graph import CapturedStep
+
+            self.graph = CapturedStep(gm, self.params, self.buffers, self.optimizer, x, y)
+        self.shape = (tuple(x.shape), None if y is None else tuple(y.shape))
+        self.trace_seconds += time.perf_counter() - t0
+        if self.log:
+            self.log(f"traced the training step ({self.backend}) in {self.trace_seconds:.1f} s")
+
+    def __call__(self, x: Tensor, y: Tensor | None, full: bool = True) -> tuple[Tensor, Tensor]:
+        """``full``: the global batch has ``--batch-size`` images (false for an epoch's last,
+        smaller one, which takes the eager fallback on every rank alike)."""
+        shape = (tuple(x.shape), None if y is None else tuple(y.shape))
+        if not full or (self.graph is not None and shape != self.shape):
+            return self.fallback(x, y)
+        if self.graph is None:
+            self._build(x, y)
+        if self.backend == "cudagraph":
+            return self.graph(x, y)
+        metrics, bad, *grads = self.graph(
+            self.params, self.buffers, x, *([y] if y is not None else [])
+        )
+        if self.all_reduce is not None:
+            flat = torch._utils._flatten_dense_tensors(grads)
+            self.all_reduce(flat)
+            grads = torch._utils._unflatten_dense_tensors(flat, grads)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
+        self.optimizer.step()
+        return metrics, bad
+
+
+def _compile(
+    gm: torch.fx.GraphModule, params: list[Tensor], buffers: list[Tensor], x: Tensor, y
+) -> Callable:
+    """The traced graph compiled by inductor, compiled now (on a forked RNG) so the first
+    training step is a plain step."""
+    with keep_validation_settings():
+        compiled = torch.compile(gm, fullgraph=True, dynamic=False)
+        devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            compiled(params, buffers, x, *([y] if y is not None else []))
+    return compiled
+
+
+def _no_buffer_sync() -> dict:
+    """The buffers are constants (the prior's N(0, I), one-hot labels): no sync before every
+    forward. torch >= 2.13 names the option forward_sync_buffers (broadcast_buffers warns)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
+    return {key: False}
+
+
+# "auto" compiles the step on a CPU when the run has at least this many steps: compiling costs
+# about 30 s the first time (5 s from inductor's cache) and saves ~3 ms a step at batch 128.
+AUTO_COMPILE_MIN_STEPS = 2000
+
+
+def resolve_step(step: str, device: torch.device, total_steps: int, world_size: int = 1) -> str:
+    """The step a run takes. "auto": the CUDA graph on a GPU (one process), the compiled graph
+    otherwise, but eager on a CPU for runs too short to pay for compiling."""
+    if step == "auto":
+        if device.type == "cuda":
+            return "cudagraph" if world_size == 1 else "compiled"
+        return "compiled" if total_steps >= AUTO_COMPILE_MIN_STEPS else "eager"
+    if step == "cudagraph" and device.type != "cuda":
+        raise ValueError("--step cudagraph needs a CUDA device; use --step compiled on a CPU")
+    if step == "cudagraph" and world_size > 1:
+        raise ValueError(
+            "--step cudagraph is for one process; under torchrun use --step compiled (the "
+            "gradients are all-reduced between the replayed graph and the optimizer step)"
+        )
+    return step
+
+
+def build_step(
+    vae: VAE,
+    optimizer: torch.optim.Optimizer,
+    config,  # noqa: ANN001 - TrainConfig (config.py imports nothing from here)
+    kind: str,
+    world,  # noqa: ANN001 - distributed.World
+    log: Callable[[str], None] | None = None,
+    auto: bool = False,
+) -> Callable:
+    """The step of a run: ``kind`` from :func:`resolve_step`, ``world`` its processes.
+
+    Several processes: the eager step runs through ``DistributedDataParallel`` (loss scaled by
+    the world size, since DDP averages and the ELBO is a sum over images); a traced step sums
+    the gradients with one all-reduce before the optimizer step. Either way each rank's
+    gradient is the single-process gradient on the union of the ranks' shards.
+    """
+    eager = ELBOLoss(vae, config.elbo, config.num_particles, loss_scale=world.size)
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(vae.parameters()).device
+        wrapped = DistributedDataParallel(
+            eager, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync()
+        )
+        fallback = EagerStep(wrapped, optimizer, loss_scale=world.size)
+    else:
+        fallback = EagerStep(eager, optimizer)
+    if kind == "eager":
+        return fallback
+    step = TracedStep(
+        ELBOLoss(vae, config.elbo, config.num_particles),
+        optimizer,
+        backend=kind,
+        fallback=fallback,
+        all_reduce=world.all_reduce if world.size > 1 else None,
+        log=log,
+    )
+    step.fall_back_to_fx = auto
+    return step
