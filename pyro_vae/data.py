@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .distributed import World, sharded_batches
 from .likelihoods import Likelihood
 
 DATA_ENV = "PYRO_VAE_DATA_DIR"
@@ -211,11 +212,40 @@ class MNISTData:
     def num_batches(self, batch_size: int) -> int:
         return -(-self.num_train // batch_size)
 
-    def train_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Shuffled (x, y) batches, drawn on the device from torch's global RNG."""
-        perm = torch.randperm(self.num_train, device=self.train_x.device)
-        for idx in perm.split(batch_size):
+    def train_batches(
+        self, batch_size: int, order: Tensor | None = None, world: World | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Shuffled (x, y) batches of ``batch_size`` images, made on the device.
+
+        ``order``: the epoch's order of the training images (``distributed.epoch_order``);
+        default, a permutation drawn from torch's global RNG. ``world``: in a multi-process run,
+        this rank's shard of each global batch of ``batch_size``.
+        """
+        if order is None:
+            order = torch.randperm(self.num_train, device=self.train_x.device)
+        parts = (
+            order.split(batch_size) if world is None else sharded_batches(order, batch_size, world)
+        )
+        for idx in parts:
             yield to_pixels(self.train_x[idx], self.binarize, self.likelihood), self.train_y[idx]
+
+    def validate(self, num_classes: int = 0, chunk: int = 10_000) -> None:
+        """Checks, once, what a step would otherwise check every time: the whole training set,
+        as the pipeline turns it into data, against the likelihood's support, and every label
+        against ``num_classes``. Raises ValueError saying the fix. (The test set was checked
+        on load.) One host read per chunk of images."""
+        for start in range(0, self.num_train, chunk):
+            x = to_pixels(self.train_x[start : start + chunk], self.binarize, self.likelihood)
+            self.likelihood.check(x)
+        if num_classes:
+            for split, y in (("training", self.train_y), ("test", self.test_y)):
+                if y.numel():
+                    lo, hi = torch.stack(torch.aminmax(y)).tolist()
+                    if lo < 0 or hi >= num_classes:
+                        raise ValueError(
+                            f"the {split} labels lie in [{lo}, {hi}], outside [0, {num_classes}): "
+                            f"build the VAE with num_classes = {hi + 1}"
+                        )
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         return batches(self.test_x, self.test_y, batch_size)

@@ -3,7 +3,7 @@ bits per dimension (``units.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -28,8 +28,12 @@ def evaluate_elbo(
     num_particles: int = 1,
     *,
     binarize: str | None = None,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict:
     """Mean -ELBO, reconstruction term -E_q log p(x|z) and KL per image over ``batches``.
+
+    ``all_reduce``: in a multi-process run, sums the per-rank sums over the ranks (each rank
+    evaluates its own part of the test set) before the one host read.
 
     ``neg_elbo``, ``recon`` and ``kl`` are nats of the model on the data as given. ``binarize``
     is the data mode the batches were made with (``MNISTData.binarize``): the units fields
@@ -39,8 +43,7 @@ def evaluate_elbo(
     """
     analytic = elbo == "meanfield"
     kinds = set()
-    n = 0
-    sums = None
+    sums = torch.zeros(3, dtype=torch.float64, device=next(vae.parameters()).device)
     for x, y in batches:
         t = elbo_terms(
             vae.model,
@@ -50,19 +53,21 @@ def evaluate_elbo(
             num_particles=num_particles,
             analytic_kl=analytic,
         )
-        s = torch.stack([-t.log_lik.sum(), t.kl.sum()]).double()
-        sums = s if sums is None else sums + s
+        count = torch.tensor(x.shape[0], device=sums.device)
+        sums += torch.stack([-t.log_lik.sum(), t.kl.sum(), count]).double()
         kinds.add(t.kl_kind)
-        n += x.shape[0]
-    if sums is None:
+    if all_reduce is not None:
+        all_reduce(sums)
+    recon, kl, n = sums.tolist()
+    if not n:
         raise ValueError("no data to evaluate")
-    recon, kl = (sums / n).tolist()
+    recon, kl, n = recon / n, kl / n, int(n)
     return {
         "estimator": ESTIMATORS[elbo],
         "neg_elbo": recon + kl,
         "recon": recon,
         "kl": kl,
-        "kl_kind": kinds.pop() if len(kinds) == 1 else "mixed",
+        "kl_kind": kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "unknown",
         "num_images": n,
         "num_particles": num_particles,
         **in_units(recon + kl, vae.config.x_dim, data_label(binarize, vae.likelihood)),

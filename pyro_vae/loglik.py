@@ -141,6 +141,7 @@ def evaluate_log_likelihood(
     chunk_size: int | None = None,
     *,
     binarize: str | None = None,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict:
     """Test NLL = -log p(x) (nats per image, mean over ``batches``), K = ``num_samples``.
 
@@ -148,11 +149,12 @@ def evaluate_log_likelihood(
     taken (device synchronized). For the conditional VAE the value is -log p(x | y). With the
     data mode ``binarize`` the batches were made with, the units fields (``units.in_units``)
     say which data the NLL is about and give it in nats per image and bits per dimension.
+    ``all_reduce``: in a multi-process run, sums the ranks' sums (each rank scores its own
+    part of the test set) before the one host read.
     """
     width = sample_width(vae)
-    sums = None
-    n = 0
     device = next(vae.parameters()).device
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     _sync(device)
     t0 = time.perf_counter()
     for x, y in batches:
@@ -161,12 +163,13 @@ def evaluate_log_likelihood(
             vae.model, vae.guide, x, labels_for(vae, y), num_samples=num_samples, chunk_size=chunk
         )
         lp = lp.double()
-        s = torch.stack([lp.sum(), lp.square().sum()])
-        sums = s if sums is None else sums + s
-        n += x.shape[0]
-    if sums is None:
+        sums += torch.stack([lp.sum(), lp.square().sum(), torch.tensor(lp.numel(), device=device)])
+    if all_reduce is not None:
+        all_reduce(sums)
+    total, total_sq, n = sums.tolist()
+    n = int(n)
+    if not n:
         raise ValueError("no data to evaluate")
-    total, total_sq = sums.tolist()
     _sync(device)
     seconds = time.perf_counter() - t0
     mean = total / n
