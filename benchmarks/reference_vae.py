@@ -1,10 +1,10 @@
-"""The hand-written PyTorch VAE that the benchmarks measure pyro-vae against.
+"""The hand-written PyTorch VAE (and CVAE) that the benchmarks measure pyro-vae against.
 
-The same network as ``pyro_vae.VAE`` with its defaults (encoder 784-400-2x50 with softplus and a
-softplus scale, decoder 50-400-784 producing Bernoulli logits) and the same loss: the negative
-ELBO summed over the batch, with the Monte Carlo KL log q(z|x) - log p(z) at the reparametrized
-draw (Trace_ELBO semantics) or the closed-form Gaussian KL (TraceMeanField_ELBO semantics).
-No Pyro anywhere: this is what a user would write by hand.
+The same networks as ``pyro_vae.VAE`` (encoder x[, one-hot y] -> hidden -> 2 x z_dim with a
+softplus scale, decoder z[, one-hot y] -> hidden reversed -> Bernoulli logits; the activation
+between layers) and the same loss: the negative ELBO summed over the batch, with the Monte Carlo
+KL log q(z|x) - log p(z) at the reparametrized draw (Trace_ELBO semantics) or the closed-form
+Gaussian KL (TraceMeanField_ELBO semantics). No Pyro anywhere: what a user writes by hand.
 """
 
 from __future__ import annotations
@@ -17,31 +17,46 @@ from torch import Tensor, nn
 
 MIN_SCALE = 1e-4  # as pyro_vae.networks.GUIDE_MIN_SCALE
 LOG_2PI = math.log(2 * math.pi)
+ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(nn.Softplus())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
 class ReferenceVAE(nn.Module):
-    def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden: int = 400) -> None:
+    """``num_classes > 0``: the conditional VAE (the one-hot label joins both networks' inputs)."""
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        z_dim: int = 50,
+        hidden: tuple[int, ...] = (400,),
+        activation: str = "softplus",
+        num_classes: int = 0,
+    ) -> None:
         super().__init__()
         self.z_dim = z_dim
-        self.encoder = _mlp([x_dim, hidden, 2 * z_dim])
-        self.decoder = _mlp([z_dim, hidden, x_dim])
+        self.num_classes = num_classes
+        self.encoder = _mlp([x_dim + num_classes, *hidden, 2 * z_dim], activation)
+        self.decoder = _mlp([z_dim + num_classes, *reversed(hidden), x_dim], activation)
 
-    def loss_terms(self, x: Tensor, analytic_kl: bool = False) -> tuple[Tensor, Tensor]:
+    def loss_terms(
+        self, x: Tensor, y: Tensor | None = None, analytic_kl: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Per-image log p(x | z) and KL, each [B]."""
-        loc, raw = self.encoder(x).split(self.z_dim, dim=-1)
+        onehot = F.one_hot(y, self.num_classes).to(x.dtype) if self.num_classes else None
+        h = torch.cat([x, onehot], -1) if onehot is not None else x
+        loc, raw = self.encoder(h).split(self.z_dim, dim=-1)
         scale = F.softplus(raw) + MIN_SCALE
         eps = torch.randn_like(loc)
         z = loc + scale * eps
-        logits = self.decoder(z)
+        logits = self.decoder(torch.cat([z, onehot], -1) if onehot is not None else z)
         log_lik = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         if analytic_kl:
             kl = 0.5 * (scale.pow(2) + loc.pow(2) - 1 - 2 * scale.log()).sum(-1)
@@ -51,14 +66,16 @@ class ReferenceVAE(nn.Module):
             kl = log_q - log_p
         return log_lik, kl
 
-    def loss(self, x: Tensor, analytic_kl: bool = False) -> Tensor:
-        log_lik, kl = self.loss_terms(x, analytic_kl)
+    def loss(self, x: Tensor, y: Tensor | None = None, analytic_kl: bool = False) -> Tensor:
+        log_lik, kl = self.loss_terms(x, y, analytic_kl)
         return (kl - log_lik).sum()
 
 
-def reference_step(model: ReferenceVAE, optimizer: torch.optim.Optimizer, x: Tensor) -> Tensor:
+def reference_step(
+    model: ReferenceVAE, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor | None = None
+) -> Tensor:
     optimizer.zero_grad(set_to_none=True)
-    loss = model.loss(x)
+    loss = model.loss(x, y)
     loss.backward()
     optimizer.step()
     return loss

@@ -1,17 +1,23 @@
-"""Training-step throughput: pyro-vae against a hand-written PyTorch VAE, in one process.
+"""Training-step throughput: pyro-vae's steps against a hand-written PyTorch VAE, in one process.
 
-Paths timed on the same device, same network (784-400-50 softplus), same loss:
+Paths timed on the same device, same network and loss (``--z-dim``, ``--hidden-dims``,
+``--activation``; ``--cvae`` for the conditional VAE and a hand-written CVAE):
   reference   hand-written PyTorch, eager (benchmarks/reference_vae.py), torch.optim.Adam
   ref-fused   the same with torch.optim.Adam(fused=True), the optimizer pyro-vae uses
   pyro-svi    classic pyro.infer.SVI + Trace_ELBO + pyro.optim.Adam on the project's model/guide
-  project     pyro_vae.training.train_step: device-side ELBO from the Pyro traces + fused Adam
+  eager       pyro-vae's eager step: the Pyro model and guide every step + fused Adam
+  fx          the step traced once (make_fx) and replayed as an FX graph
+  compiled    the traced step compiled by inductor (the default on a CPU for real runs)
+  cudagraph   (CUDA only) the traced step and Adam captured in one CUDA graph
 
 Each path runs ``--steps`` steps per round on pre-made binary batches; rounds are interleaved
-across paths and the median round is reported, so a busy machine hurts every path alike.
+across paths and the median round is reported, so a busy machine hurts every path alike. The
+overhead column is ms/step minus the hand-written step's (ref-fused: the same optimizer).
 The epoch column times one pass over 60,000 images including the on-device shuffle and
 dynamic binarization (real MNIST with --data-dir, else random uint8 images of the same size).
 
     python benchmarks/throughput.py                 # CPU: batch 128 and 256
+    python benchmarks/throughput.py --cvae          # the conditional VAE against a hand-written one
     python benchmarks/throughput.py --device cuda   # GPU: batch 128, 256 and 1024
 """
 
@@ -30,77 +36,76 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
-from pyro_vae import VAE  # noqa: E402
+from pyro_vae import VAE, TrainConfig  # noqa: E402
 from pyro_vae.data import MNISTData, load_mnist  # noqa: E402
-from pyro_vae.device import resolve_device  # noqa: E402
+from pyro_vae.device import resolve_device, synchronize  # noqa: E402
+from pyro_vae.distributed import World  # noqa: E402
 from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
 from pyro_vae.loglik import evaluate_log_likelihood  # noqa: E402
-from pyro_vae.training import make_optimizer, train_step  # noqa: E402
+from pyro_vae.schedules import make_optimizer  # noqa: E402
+from pyro_vae.step import build_step  # noqa: E402
 
 NUM_TRAIN = 60_000
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_paths(
-    device: torch.device, lr: float = 1e-3
-) -> dict[str, Callable[[torch.Tensor], object]]:
-    """name -> step(x); each path owns a fresh model and optimizer."""
+    device: torch.device, args: argparse.Namespace, lr: float = 1e-3
+) -> dict[str, Callable[[torch.Tensor, torch.Tensor | None], object]]:
+    """name -> step(x, y); each path owns a fresh model and optimizer."""
+    net = dict(z_dim=args.z_dim, hidden=args.hidden_dims, activation=args.activation)
+    classes = 10 if args.cvae else 0
     # The reference as a user writes it (torch's default Adam), and with fused Adam as ours has.
-    ref = ReferenceVAE().to(device)
+    ref = ReferenceVAE(**net, num_classes=classes).to(device)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=lr)
-    ref_fused = ReferenceVAE().to(device)
+    ref_fused = ReferenceVAE(**net, num_classes=classes).to(device)
     ref_fused_opt = torch.optim.Adam(ref_fused.parameters(), lr=lr, fused=True)
+    paths: dict[str, Callable] = {
+        "reference": lambda x, y: reference_step(ref, ref_opt, x, y),
+        "ref-fused": lambda x, y: reference_step(ref_fused, ref_fused_opt, x, y),
+    }
 
-    pyro.settings.set(module_local_params=False)
-    pyro.clear_param_store()
-    svi_vae = VAE().to(device)
+    def vae() -> VAE:
+        return VAE(
+            z_dim=args.z_dim,
+            hidden_dims=args.hidden_dims,
+            activation=args.activation,
+            num_classes=classes,
+        ).to(device)
+
+    # Classic SVI runs in Pyro's default mode; the project's steps in either (default here).
+    svi_vae = vae()
     svi = pyro.infer.SVI(
         svi_vae.model,
         svi_vae.guide,
         pyro.optim.Adam({"lr": lr}),
         pyro.infer.Trace_ELBO(max_plate_nesting=1),
     )
-
-    # A PyroModule must be built under the module_local_params setting it will run with.
-    pyro.settings.set(module_local_params=True)
-    proj_vae = VAE().to(device)
-    proj_opt = make_optimizer(proj_vae, lr)
-
-    def project(x: torch.Tensor) -> object:
-        pyro.settings.set(module_local_params=True)
-        return train_step(proj_vae, proj_opt, x, None)
-
-    def classic(x: torch.Tensor) -> object:
-        pyro.settings.set(module_local_params=False)
-        return svi.step(x)
-
-    return {
-        "reference": lambda x: reference_step(ref, ref_opt, x),
-        "ref-fused": lambda x: reference_step(ref_fused, ref_fused_opt, x),
-        "pyro-svi": classic,
-        "project": project,
-    }
+    paths["pyro-svi"] = lambda x, y: svi.step(x, y)
+    kinds = ["eager", "fx", "compiled"] + (["cudagraph"] if device.type == "cuda" else [])
+    config = TrainConfig(lr=lr)
+    for kind in kinds:
+        model = vae()
+        optimizer = make_optimizer(model, config, capturable=kind == "cudagraph")
+        paths[kind] = build_step(model, optimizer, config, kind, World())
+    return paths
 
 
-def time_steps(step: Callable, batches: list[torch.Tensor], device: torch.device) -> float:
-    _sync(device)
+def time_steps(step: Callable, batches: list, device: torch.device) -> float:
+    synchronize(device)
     t0 = time.perf_counter()
-    for x in batches:
-        step(x)
-    _sync(device)
+    for x, y in batches:
+        step(x, y)
+    synchronize(device)
     return (time.perf_counter() - t0) / len(batches)
 
 
-def epoch_seconds(step: Callable, data: MNISTData, batch_size: int, device: torch.device) -> float:
-    _sync(device)
+def epoch_seconds(step: Callable, data: MNISTData, batch_size: int, device, cvae: bool) -> float:
+    synchronize(device)
     t0 = time.perf_counter()
-    for x, _ in data.train_batches(batch_size):
-        step(x)
-    _sync(device)
+    for x, y in data.train_batches(batch_size):
+        if x.shape[0] == batch_size:  # the traced steps' graphs are for the full batch
+            step(x, y if cvae else None)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -110,7 +115,7 @@ def load_train(data_dir: str | None, device: torch.device) -> MNISTData:
         x, y = load_mnist(data_dir, train=True)
     else:
         x = torch.randint(0, 256, (NUM_TRAIN, 784), dtype=torch.uint8)
-        y = torch.zeros(NUM_TRAIN, dtype=torch.long)
+        y = torch.arange(NUM_TRAIN) % 10
     return MNISTData(
         train_x=x.to(device),
         train_y=y.to(device),
@@ -121,6 +126,10 @@ def load_train(data_dir: str | None, device: torch.device) -> MNISTData:
     )
 
 
+def _hidden(s: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in s.split(","))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -129,6 +138,11 @@ def main() -> None:
     )
     p.add_argument("--steps", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=40, help="timed rounds per path (median kept)")
+    p.add_argument("--paths", default=None, help="comma list of paths to time (default: all)")
+    p.add_argument("--cvae", action="store_true", help="the conditional VAE (10 labels)")
+    p.add_argument("--z-dim", type=int, default=50)
+    p.add_argument("--hidden-dims", type=_hidden, default=(400,), help="e.g. 400 or 200,200")
+    p.add_argument("--activation", default="softplus", choices=["softplus", "tanh", "relu"])
     p.add_argument("--epoch", action="store_true", help="also time one full epoch per path")
     p.add_argument("--data-dir", default=None, help="real MNIST for the epoch timing")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -151,18 +165,26 @@ def main() -> None:
         if device.type == "cuda"
         else (f"CPU, {torch.get_num_threads()} threads")
     )
-    print(f"device: {name}; torch {torch.__version__}; pyro {pyro.__version__}")
+    net = (
+        f"{'CVAE' if args.cvae else 'VAE'} 784-{'-'.join(map(str, args.hidden_dims))}-{args.z_dim}"
+    )
+    print(f"device: {name}; torch {torch.__version__}; pyro {pyro.__version__}; {net}")
     print(
-        f"{'batch':>6} {'path':<12} {'ms/step':>9} {'images/s':>10} {'x reference':>12}"
-        + (f" {'epoch s':>8}" if args.epoch else "")
+        f"{'batch':>6} {'path':<10} {'ms/step':>9} {'images/s':>10} {'x reference':>12}"
+        f" {'overhead ms':>12}" + (f" {'epoch s':>8}" if args.epoch else "")
     )
     data = load_train(args.data_dir, device) if args.epoch else None
     for bs in [int(s) for s in sizes.split(",")]:
-        paths = make_paths(device)
+        paths = make_paths(device, args)
+        if args.paths:
+            keep = {"reference", "ref-fused", *args.paths.split(",")}
+            paths = {k: v for k, v in paths.items() if k in keep}
+        y = (torch.arange(bs, device=device) % 10) if args.cvae else None
         pool = [
-            torch.bernoulli(torch.full((bs, 784), 0.13, device=device)) for _ in range(args.steps)
+            (torch.bernoulli(torch.full((bs, 784), 0.13, device=device)), y)
+            for _ in range(args.steps)
         ]
-        for step in paths.values():  # warm-up: allocator, lazy init, Pyro's first-call checks
+        for step in paths.values():  # warm-up: tracing, compiling, allocator, first-call checks
             time_steps(step, pool[:5], device)
         rounds: dict[str, list[float]] = {k: [] for k in paths}
         for _ in range(args.rounds):
@@ -171,20 +193,18 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in rounds.items()}
         for k in paths:
             line = (
-                f"{bs:>6} {k:<12} {med[k] * 1e3:>9.3f} {bs / med[k]:>10.0f} "
-                f"{med[k] / med['reference']:>11.2f}x"
+                f"{bs:>6} {k:<10} {med[k] * 1e3:>9.3f} {bs / med[k]:>10.0f} "
+                f"{med[k] / med['reference']:>11.2f}x {(med[k] - med['ref-fused']) * 1e3:>+12.3f}"
             )
             if data is not None:
-                line += f" {epoch_seconds(paths[k], data, bs, device):>8.2f}"
+                line += f" {epoch_seconds(paths[k], data, bs, device, args.cvae):>8.2f}"
             print(line, flush=True)
     if args.loglik_images:
         time_loglik(args.loglik_images, device)
-    pyro.settings.set(module_local_params=False)
 
 
 def time_loglik(num_images: int, device: torch.device, num_samples: int = 5000) -> None:
     """Seconds for the K-sample importance-sampled -log p(x) over ``num_images`` images."""
-    pyro.settings.set(module_local_params=True)
     vae = VAE().to(device)
     x = torch.bernoulli(torch.full((num_images, 784), 0.13, device=device))
     batches = [(xb, None) for xb in x.split(100)]

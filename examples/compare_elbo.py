@@ -21,7 +21,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import VAE, VAEConfig
+from pyro_vae import VAE, TrainConfig, VAEConfig
 from pyro_vae.compare import ELBOS, compare_estimators, format_table
 from pyro_vae.compare_plots import comparison_figure, learning_curves_figure
 from pyro_vae.data import MNISTData, default_data_dir
@@ -29,7 +29,8 @@ from pyro_vae.device import resolve_device
 from pyro_vae.evaluate import ESTIMATORS, evaluate_elbo, labels_for
 from pyro_vae.loglik import evaluate_log_likelihood
 from pyro_vae.rng import seeded
-from pyro_vae.training import make_optimizer, train_step
+from pyro_vae.schedules import make_optimizer
+from pyro_vae.step import EagerStep, ELBOLoss
 
 
 def _sync(device: torch.device) -> None:
@@ -52,11 +53,12 @@ def train_both(
     The two take their steps in turn, each timed alone, so a machine busy with other work
     slows both alike; the test -ELBO of each is measured every ``args.eval_every`` steps.
     """
-    models, optimizers, curves = {}, {}, {}
+    models, steps, curves = {}, {}, {}
     for elbo in ELBOS:
         torch.manual_seed(args.seed)  # identical initial weights
         models[elbo] = VAE.from_config(config).to(device)
-        optimizers[elbo] = make_optimizer(models[elbo], args.lr)
+        optimizer = make_optimizer(models[elbo], TrainConfig(lr=args.lr))
+        steps[elbo] = EagerStep(ELBOLoss(models[elbo], elbo), optimizer)
         first = test_neg_elbo(models[elbo], data, args.seed)
         curves[elbo] = {"step": [0], "seconds": [0.0], "neg_elbo": [first]}
     seconds = dict.fromkeys(ELBOS, 0.0)
@@ -67,9 +69,7 @@ def train_both(
             for elbo, vae in models.items():
                 _sync(device)
                 t0 = time.perf_counter()
-                train_step(
-                    vae, optimizers[elbo], x, labels_for(vae, y), analytic_kl=elbo == "meanfield"
-                )
+                steps[elbo](x, labels_for(vae, y))
                 _sync(device)
                 # The first step pays one-off costs (allocator, kernel choice): not counted.
                 seconds[elbo] += time.perf_counter() - t0 if step > 1 else 0.0

@@ -13,141 +13,39 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import BINARIZE_MODES, TrainConfig, VAEConfig
-from .data import DATA_ENV, DataError, default_data_dir
-from .likelihoods import LIKELIHOODS
-from .networks import ACTIVATIONS
-from .priors import PRIORS
+from .checkpoint import CheckpointError
+from .cli_args import (
+    NONNEGATIVE,
+    POSITIVE,
+    Parser,
+    UsageError,
+    add_data_args,
+    at_least,
+    positive_float,
+    sizes,
+    typed_options,
+)
+from .cli_train import add_train_parser, cmd_train
+from .data import DataError
 from .rng import seeded
+from .step import NonFiniteError
 
 # Errors a user can fix from the command line: reported in one line, exit code 2.
-USER_ERRORS = (ValueError, DataError, CheckpointError, FileNotFoundError)
-
-
-class UsageError(Exception):
-    """A command line argparse rejects; reported in one line like every other user error."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad option is one line (no usage block) and abbreviations are off, so
-    the options a user typed can be told from the defaults (see ``_typed_options``)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message}; see '{self.prog} --help'")
-
-
-def _at_least(low: int):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
-        return v
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {s}")
-    return v
-
-
-POSITIVE = _at_least(1)
-NONNEGATIVE = _at_least(0)
-
-
-def _hidden(s: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in s.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {s!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes like 400 or 512,256, got {s!r}")
-    return sizes
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        default=default_data_dir(),
-        help=f"folder holding MNIST/raw (downloaded if missing); default ${DATA_ENV} or ./data",
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+USER_ERRORS = (ValueError, DataError, CheckpointError, FileNotFoundError, NonFiniteError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="pyro-vae",
         description="The VAE and conditional VAE as Pyro programs, fitted by SVI on MNIST.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a VAE on MNIST and fill a run directory")
-    _add_data_args(t)
-    t.add_argument("--out", default="runs/vae", help="run directory (default runs/vae)")
-    t.add_argument("--epochs", type=POSITIVE, default=10, help="epochs in all (default 10)")
-    t.add_argument("--batch-size", type=POSITIVE, default=128, help="minibatch size (default 128)")
-    t.add_argument(
-        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)"
-    )
-    t.add_argument(
-        "--elbo",
-        choices=["trace", "meanfield"],
-        default="trace",
-        help="trace = Trace_ELBO (Monte Carlo KL), meanfield = TraceMeanField_ELBO (analytic KL)",
-    )
-    t.add_argument("--num-particles", type=POSITIVE, default=1, help="ELBO particles, vectorized")
-    t.add_argument(
-        "--binarize",
-        choices=BINARIZE_MODES,
-        default="auto",
-        help="how pixels become data. auto: dynamic for bernoulli, none (the raw 8-bit values) "
-        "for discretized-logistic, dequantize ((k + u) / 256, fresh per batch) for the others",
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--z-dim", type=POSITIVE, default=50, help="latent dimension (default 50)")
-    t.add_argument("--hidden-dims", type=_hidden, default=(400,), help="e.g. 400 or 512,256")
-    t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="softplus")
-    t.add_argument(
-        "--num-classes", type=NONNEGATIVE, default=0, help="10 = conditional VAE on digits"
-    )
-    t.add_argument("--prior", choices=sorted(PRIORS), default="normal")
-    t.add_argument("--prior-components", type=POSITIVE, default=10, help="K for mog and vamp")
-    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
-    t.add_argument(
-        "--likelihood-scale",
-        type=_positive_float,
-        default=None,
-        help="fixed scale for gaussian/laplace (default: learned per pixel)",
-    )
-    t.add_argument(
-        "--train-subset", type=NONNEGATIVE, default=0, help="use the first N training images"
-    )
-    t.add_argument("--test-subset", type=NONNEGATIVE, default=0, help="use the first N test images")
-    t.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out to --epochs; only --epochs, --data-dir and --device may "
-        "be given (the run keeps its other settings)",
-    )
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_train_parser(sub)
 
     e = sub.add_parser("evaluate", help="test -ELBO of a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    _add_data_args(e)
+    add_data_args(e)
     e.add_argument(
         "--elbo",
         choices=["trace", "meanfield", "both"],
@@ -184,103 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Trace_ELBO vs TraceMeanField_ELBO on a run: variance, gradient noise, IW bound",
     )
     c.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    _add_data_args(c)
+    add_data_args(c)
     c.add_argument("--test-subset", type=POSITIVE, default=1000, help="test images (default 1000)")
-    c.add_argument("--repeats", type=_at_least(2), default=20, help="repeated ELBO evaluations R")
+    c.add_argument("--repeats", type=at_least(2), default=20, help="repeated ELBO evaluations R")
     c.add_argument("--grad-batch", type=POSITIVE, default=100, help="fixed minibatch for gradients")
-    c.add_argument("--grad-repeats", type=_at_least(2), default=50, help="gradients per estimate")
-    c.add_argument("--particles", type=_hidden, default=(1, 10), help="e.g. 1,10 (default)")
-    c.add_argument("--ks", type=_hidden, default=(1, 5, 50, 500, 5000), help="K for the IW bound")
+    c.add_argument("--grad-repeats", type=at_least(2), default=50, help="gradients per estimate")
+    c.add_argument("--particles", type=sizes, default=(1, 10), help="e.g. 1,10 (default)")
+    c.add_argument("--ks", type=sizes, default=(1, 5, 50, 500, 5000), help="K for the IW bound")
     c.add_argument("--iw-subset", type=POSITIVE, default=100, help="test images for the IW bound")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     _add_plot_parser(sub)
     _add_sample_parser(sub)
     return parser
-
-
-# train's options: which config field each sets (and in which config).
-_VAE_OPTIONS = (
-    "z_dim",
-    "hidden_dims",
-    "activation",
-    "num_classes",
-    "prior",
-    "likelihood",
-    "prior_components",
-    "likelihood_scale",
-)
-_TRAIN_OPTIONS = (
-    "batch_size",
-    "lr",
-    "elbo",
-    "num_particles",
-    "binarize",
-    "seed",
-    "train_subset",
-    "test_subset",
-)
-
-
-def _typed_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """The ``dest`` of every option of ``parser`` that appears in ``argv``."""
-    typed = set()
-    for action in parser._actions:
-        for opt in action.option_strings:
-            if any(a == opt or a.startswith(opt + "=") for a in argv):
-                typed.add(action.dest)
-    return typed
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    from .training import train
-
-    if args.resume:
-        train(None, _resume_config(args), resume=True, progress=not args.no_progress)
-        print(f"run written to {args.out}")
-        return
-    vae_config = VAEConfig(**{k: getattr(args, k) for k in _VAE_OPTIONS})
-    config = TrainConfig(
-        data_dir=args.data_dir,
-        out=args.out,
-        epochs=args.epochs,
-        device=args.device,
-        **{k: getattr(args, k) for k in _TRAIN_OPTIONS},
-    )
-    train(vae_config, config, progress=not args.no_progress)
-    print(f"run written to {args.out}")
-
-
-def _shown(value: object) -> str:
-    """A setting as it is typed on the command line (hidden sizes as 512,256)."""
-    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
-
-
-def _resume_config(args: argparse.Namespace) -> TrainConfig:
-    """The run's own training settings with the --epochs, --data-dir and --device given; a
-    one-line error for any other option typed with a value the run does not have."""
-    ckpt = load_checkpoint(args.out)
-    saved = {
-        **VAEConfig.from_dict(ckpt["vae_config"]).to_dict(),
-        **TrainConfig.from_dict(ckpt["train_config"]).to_dict(),
-    }
-    saved["hidden_dims"] = tuple(saved["hidden_dims"])
-    differ = []
-    for name in sorted(args.typed & {*_VAE_OPTIONS, *_TRAIN_OPTIONS}):
-        given = getattr(args, name)
-        if given != saved[name] and not (name == "binarize" and given == "auto"):
-            flag = "--" + name.replace("_", "-")
-            differ.append(f"{flag} {_shown(given)} (the run has {_shown(saved[name])})")
-    if differ:
-        raise ValueError(
-            f"--resume keeps the run's settings, but {', '.join(differ)}; drop "
-            f"{'it' if len(differ) == 1 else 'them'} (only --epochs, --data-dir and --device "
-            "may change), or train a new run with another --out"
-        )
-    train_fields = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-    epochs = args.epochs if "epochs" in args.typed else train_fields["epochs"]
-    where = {"epochs": epochs, "data_dir": args.data_dir, "device": args.device, "out": args.out}
-    return TrainConfig.from_dict({**train_fields, **where})
 
 
 def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
@@ -426,7 +240,7 @@ def _add_plot_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    _add_data_args(p)
+    add_data_args(p)
     p.add_argument(
         "--test-subset",
         type=NONNEGATIVE,
@@ -441,11 +255,11 @@ def _add_plot_parser(sub) -> None:
     )
     p.add_argument(
         "--grid-extent",
-        type=_positive_float,
+        type=positive_float,
         default=GRID_EXTENT,
         help="grid spans prior mean +- E prior sd per axis ([-E, E] for N(0, I))",
     )
-    p.add_argument("--grid-size", type=_at_least(2), default=GRID_SIZE, help="points per grid axis")
+    p.add_argument("--grid-size", type=at_least(2), default=GRID_SIZE, help="points per grid axis")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -521,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyro-vae{' ' + command if command else ''}: error: {e}", file=sys.stderr)
         return 2
     subparser = parser._subparsers._group_actions[0].choices[args.command]
-    args.typed = _typed_options(subparser, argv)
+    args.typed = typed_options(subparser, argv)
     import pyro
 
     # Process-wide settings belong to the entry point, and only for its duration: parameters
@@ -530,7 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             COMMANDS[args.command](args)
         except USER_ERRORS as e:
-            print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+            # One line, whatever the error: a library's own message may run to several.
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), repr(e))
+            print(f"pyro-vae {args.command}: error: {first}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"pyro-vae {args.command}: interrupted", file=sys.stderr)

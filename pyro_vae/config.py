@@ -11,6 +11,11 @@ from typing import Any
 
 # The data modes of TrainConfig.binarize (and of the CLI's --binarize).
 BINARIZE_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
+# Training objectives (elbo.OBJECTIVES), training steps (step.py) and learning-rate schedules.
+ELBO_CHOICES = ("trace", "meanfield", "iwae")
+STEP_CHOICES = ("auto", "eager", "fx", "compiled", "cudagraph")
+LR_SCHEDULES = ("constant", "staged")
+DECODER_BIAS_INITS = ("default", "data-mean")
 
 
 @dataclass
@@ -67,7 +72,14 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    # "trace" = Trace_ELBO (Monte Carlo KL), "meanfield" = TraceMeanField_ELBO (analytic KL).
+    # Adam's betas and eps (torch's defaults; the IWAE paper's preset sets eps = 1e-4).
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    # "constant", or "staged": stage i = 0, 1, ... runs 3^i epochs at lr * 10^(-i/7), the IWAE
+    # paper's schedule (a torch MultiStepLR; its state is in the checkpoint).
+    lr_schedule: str = "constant"
+    # "trace" = Trace_ELBO (Monte Carlo KL), "meanfield" = TraceMeanField_ELBO (analytic KL),
+    # "iwae" = the importance-weighted bound L_K with K = num_particles (RenyiELBO, alpha=0).
     elbo: str = "trace"
     num_particles: int = 1
     # How the uint8 pixels k become the data (one option, so no two settings can contradict):
@@ -83,11 +95,34 @@ class TrainConfig:
     # Use only the first N training / test images (0 = all); for quick runs and tests.
     train_subset: int = 0
     test_subset: int = 0
+    # The decoder's output bias at the start: torch's initialization ("default"), or the
+    # logit of the training set's mean pixel ("data-mean", as the IWAE paper's code does).
+    decoder_bias: str = "default"
+    # How a step runs: "eager" (Pyro every step), "fx" / "compiled" (traced once and replayed,
+    # compiled by inductor) or "cudagraph"; "auto" picks (step.resolve_step).
+    step: str = "auto"
+    # Also log the epoch's scalars and image grids for TensorBoard (needs the [tensorboard] extra).
+    tensorboard: bool = False
+    # The preset the run was made from (presets.PRESETS); its values are the fields above.
+    preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.elbo not in ("trace", "meanfield"):
-            raise ValueError(f"elbo must be 'trace' or 'meanfield', got {self.elbo!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+        for name, choices in (
+            ("elbo", ELBO_CHOICES),
+            ("step", STEP_CHOICES),
+            ("lr_schedule", LR_SCHEDULES),
+            ("decoder_bias", DECODER_BIAS_INITS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
         if self.binarize not in BINARIZE_MODES:
             raise ValueError(
                 f"binarize must be one of {', '.join(BINARIZE_MODES)}, got {self.binarize!r}"
@@ -102,7 +137,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be 0 (all) or more, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

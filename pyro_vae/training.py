@@ -1,8 +1,11 @@
-"""Training by SVI: the ELBO of the model and guide traces, minimized with ``torch.optim.Adam``.
+"""Training by SVI: the objective of the model and guide traces, minimized with fused Adam.
 
-The step computes the loss on the device (``elbo.elbo_terms``: the Trace_ELBO or
-TraceMeanField_ELBO estimator) and accumulates the epoch's metrics there; the host reads them
-once per epoch (and for the progress bar every ``PROGRESS_EVERY`` steps).
+A step (``step.py``) computes the loss on the device and the epoch's metric sums stay there;
+the host reads them once per epoch (and, for the progress bar, every ``PROGRESS_EVERY``
+steps, without waiting on a GPU). Every epoch's data order and noise come from the seed, the
+epoch and the process's rank (``distributed.py``), so a resumed run draws exactly what an
+uninterrupted one would, and N processes under torchrun train one model on shards of each
+batch.
 """
 
 from __future__ import annotations
@@ -17,70 +20,39 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, VAEConfig
 from .data import MNISTData
-from .device import resolve_device
-from .elbo import ELBOTerms, elbo_terms
-from .evaluate import ESTIMATORS, evaluate_elbo, labels_for
+from .device import resolve_device, synchronize
+from .distributed import World, epoch_order, epoch_seed
+from .elbo import OBJECTIVES
+from .evaluate import evaluate_elbo, labels_for
 from .model import VAE
-from .rng import rng_state, seeded, set_rng_state
-from .runs import (
-    append_metrics,
-    check_fits,
-    load_state,
-    read_metrics,
-    write_config,
-    write_metrics,
-)
+from .rng import seeded
+from .runs import append_metrics, check_fits, load_state, read_metrics, write_config, write_metrics
+from .schedules import make_optimizer, make_scheduler
+from .step import NonFiniteError, build_step, parameters_finite, resolve_step
 
-# The progress bar's running loss is read back from the device this often (a host sync).
+# The progress bar's running loss is read back from the device this often.
 PROGRESS_EVERY = 25
 EVAL_BATCH = 1000
-# What a resumed run may change: the length of the run and where it runs. All else is the run's.
-RESUMABLE = ("epochs", "data_dir", "device", "out")
-
-
-def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
-    """Adam over every parameter, fused: one kernel for all tensors, on the CPU as on CUDA.
-
-    Measured here on 1 CPU thread for the default network: 0.7 ms per Adam step fused against
-    2.1 ms for torch's default per-tensor loop, a quarter of a whole training step.
-    """
-    params = list(vae.parameters())
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused)
-
-
-def train_step(
-    vae: VAE,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    *,
-    analytic_kl: bool = False,
-    num_particles: int = 1,
-) -> ELBOTerms:
-    """One SVI step on a batch; returns the (detached-free) terms. No host synchronisation."""
-    optimizer.zero_grad(set_to_none=True)
-    terms = elbo_terms(
-        vae.model, vae.guide, x, y, num_particles=num_particles, analytic_kl=analytic_kl
-    )
-    terms.loss.backward()
-    optimizer.step()
-    return terms
+# What a resumed run may change: the length of the run and where and how it runs. The rest
+# (model, data, optimizer, objective, seed) is the run's.
+RESUMABLE = ("epochs", "data_dir", "device", "out", "step", "tensorboard")
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
-    return (
+    line = (
         f"epoch {m['epoch']:>3}/{epochs}  train -ELBO {m['train_neg_elbo']:.2f} "
         f"(recon {m['train_recon']:.2f}, KL {m['train_kl']:.2f})  "
         f"test -ELBO {m['test_neg_elbo']:.2f} "
         f"(recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  "
-        f"[{m['estimator']}, KL {m['kl_kind']}, nats/image]  {m['seconds']:.1f} s"
     )
+    if "test_neg_iw_bound" in m:
+        line += f"test -L_{m['num_particles']} {m['test_neg_iw_bound']:.2f}  "
+    return line + f"[{m['objective']}, KL {m['kl_kind']}, nats/image]  {m['seconds']:.1f} s"
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-    """The run's settings with the given length, data folder and device; ValueError naming every
-    other setting that ``given`` changes (a resumed run must train the way it started)."""
+    """The run's settings with the given length, data folder, device and step; ValueError
+    naming every other setting that ``given`` changes (a resumed run trains as it started)."""
     diff = [
         f"{name} {getattr(given, name)!r} (run: {getattr(saved, name)!r})"
         for name in TrainConfig.__dataclass_fields__
@@ -96,6 +68,16 @@ def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
     return TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(given, k) for k in RESUMABLE}})
 
 
+def _start_decoder_bias(vae: VAE, data: MNISTData) -> None:
+    """The IWAE paper's start: the decoder's output bias at the logit of the training set's
+    mean pixel (clipped to [0.001, 0.999]), so the first steps do not spend themselves on it."""
+    if vae.likelihood.params_per_pixel != 1:
+        raise ValueError("decoder_bias 'data-mean' needs a likelihood with one output per pixel")
+    mean = data.train_x.double().mean(0).div(255).clamp(0.001, 0.999)
+    with torch.no_grad():
+        vae.model.decoder.net[-1].bias.copy_(torch.logit(mean).to(vae.model.decoder.net[-1].bias))
+
+
 def train(
     vae: VAE | VAEConfig | None,
     config: TrainConfig,
@@ -104,6 +86,8 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     write_figures: bool = True,
+    world: World | None = None,
+    preset: dict | None = None,
 ) -> list[dict]:
     """Trains a VAE and fills the run directory ``config.out``; returns every epoch's metrics.
 
@@ -111,12 +95,14 @@ def train(
     moved to ``config.device``); or a :class:`VAEConfig` of registry names, built here from
     ``config.seed``. With ``resume=True`` the run in ``config.out`` continues to
     ``config.epochs``: pass the VAE rebuilt with the run's objects (or None for a run of
-    registry names); ``config`` may change only ``epochs``, ``data_dir`` and ``device``.
+    registry names); ``config`` may change only the fields in ``RESUMABLE``.
 
-    Torch's RNG is seeded from ``config.seed`` inside ``torch.random.fork_rng``, so the
-    caller's RNG state is left as it was. Works in both of Pyro's modes (global param store or
-    ``module_local_params``) and changes neither.
+    ``world``: this process's place in a torchrun job (``distributed.init_world``); one process
+    by default. ``preset``: what a preset set (recorded in config.json). Torch's RNG is seeded
+    inside ``torch.random.fork_rng``, so the caller's RNG state is left as it was. Works in both
+    of Pyro's modes and changes neither.
     """
+    world = world or World()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run directory; choose another --out")
@@ -153,118 +139,232 @@ def train(
         train_subset=config.train_subset,
         test_subset=config.test_subset,
     )
+    # What Pyro's validation would check every step, checked once for the whole dataset.
+    data.validate(vae.config.num_classes)
     if config.binarize == "auto":
         config.binarize = data.binarize
-    out.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = data.num_batches(config.batch_size)
+    kind = resolve_step(config.step, device, steps_per_epoch * config.epochs, world.size)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     record = {
         "vae_config": vae.config.to_dict(),
         "train_config": config.to_dict(),
         "objects": vae.custom_objects(),
+        "world_size": world.size,
     }
     with seeded(config.seed, device):
         vae.to(device)
-        optimizer = make_optimizer(vae, config.lr)
+        if ckpt is None and config.decoder_bias == "data-mean":
+            _start_decoder_bias(vae, data)
+        optimizer = make_optimizer(vae, config, capturable=kind == "cudagraph")
+        scheduler = make_scheduler(optimizer, config)
         metrics: list[dict] = []
         start_epoch = 0
         if ckpt is not None:
             load_state(vae, ckpt["model"], out)
             optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch = ckpt["epoch"]
+            before = ckpt.get("world_size", 1)
+            if before != world.size:
+                log(
+                    f"resuming a run trained on {before} process(es) on {world.size}: the "
+                    "per-process noise streams differ from an uninterrupted run's"
+                )
             # Drops epochs the checkpoint does not have (a crash between the two writes).
             metrics = read_metrics(out, up_to=start_epoch)
-            write_metrics(out, metrics)
-            set_rng_state(ckpt["rng"])
+            if world.is_main:
+                write_metrics(out, metrics)
             if start_epoch >= config.epochs:
                 log(f"{out} already has {start_epoch} epochs; raise --epochs to train further")
-        else:
+        elif world.is_main:
             write_config(
                 out,
                 {
                     "vae": record["vae_config"],
                     "train": record["train_config"],
                     "objects": record["objects"],
+                    **({"preset": preset} if preset else {}),
                 },
             )
             write_metrics(out, [])
+        step = build_step(
+            vae,
+            optimizer,
+            config,
+            kind,
+            world,
+            log if world.is_main else None,
+            auto=config.step == "auto",
+        )
+        tensorboard = None
+        if config.tensorboard and world.is_main:
+            from .tensorboard import TensorBoardLog
+
+            tensorboard = TensorBoardLog(out / "tensorboard")
         for epoch in range(start_epoch + 1, config.epochs + 1):
-            m = _run_epoch(vae, optimizer, data, config, epoch, progress)
+            # This epoch's order and this rank's noise: from the seed alone, so resume is exact.
+            torch.manual_seed(epoch_seed(config.seed, epoch, world.rank))
+            m = _run_epoch(vae, step, data, config, epoch, progress and world.is_main, world)
+            m["lr"] = optimizer.param_groups[0]["lr"]
+            m["step"] = kind
+            if scheduler is not None:
+                scheduler.step()
+            if world.is_main:
+                save_checkpoint(
+                    out / CHECKPOINT_NAME,
+                    {
+                        **record,
+                        "model": vae.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": None if scheduler is None else scheduler.state_dict(),
+                        "epoch": epoch,
+                    },
+                )
+                append_metrics(out, m)
+                log(_epoch_line(m, config.epochs))
+                if tensorboard is not None:
+                    tensorboard.log_epoch(vae, data, m)
+            world.barrier()
             metrics.append(m)
-            save_checkpoint(
-                out / CHECKPOINT_NAME,
-                {
-                    **record,
-                    "model": vae.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "rng": rng_state(),
-                },
-            )
-            append_metrics(out, m)
-            log(_epoch_line(m, config.epochs))
-        if write_figures:
+        if tensorboard is not None:
+            tensorboard.close()
+        if write_figures and world.is_main:
             from .figures import write_run_figures
 
             write_run_figures(vae, data, metrics, out / "figures")
+        world.barrier()
     return metrics
 
 
 def _run_epoch(
     vae: VAE,
-    optimizer: torch.optim.Optimizer,
+    step: Callable,
     data: MNISTData,
     config: TrainConfig,
     epoch: int,
     progress: bool,
+    world: World,
 ) -> dict:
-    analytic = config.elbo == "meanfield"
+    device = data.train_x.device
     vae.train()
-    sums = torch.zeros(2, device=data.train_x.device)
+    sums = torch.zeros(4, device=device)  # loss, recon, KL, images: this rank's
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    running = _RunningLoss(device) if progress else None
+    order = epoch_order(data.num_train, config.seed, epoch, device)
     t0 = time.perf_counter()
     bar = tqdm(
-        data.train_batches(config.batch_size),
+        data.train_batches(config.batch_size, order, world if world.size > 1 else None),
         total=data.num_batches(config.batch_size),
         desc=f"epoch {epoch}/{config.epochs}",
         disable=None if progress else True,  # None: no bar when stderr is not a terminal
         leave=False,
         unit="step",
     )
-    kl_kind = None
-    seen = 0
-    for step, (x, y) in enumerate(bar):
-        terms = train_step(
-            vae,
-            optimizer,
-            x,
-            labels_for(vae, y),
-            analytic_kl=analytic,
-            num_particles=config.num_particles,
-        )
-        kl_kind = terms.kl_kind
-        sums += torch.stack([-terms.log_lik.sum(), terms.kl.sum()]).detach()
-        seen += x.shape[0]
-        if progress and step % PROGRESS_EVERY == 0:
-            bar.set_postfix(neg_elbo=f"{sums.sum().item() / seen:.2f}")
+    full_batches = data.num_train // config.batch_size  # the rest is the last, smaller one
+    traced_before = getattr(step, "trace_seconds", 0.0)
+    for i, (x, y) in enumerate(bar):
+        try:
+            # Every rank knows whether the global batch is full: they take the same path.
+            values, flag = step(x, labels_for(vae, y), full=i < full_batches)
+        except ValueError:
+            # The eager step's validation rejects a NaN parameter: say it as the traced one does.
+            if not parameters_finite(vae):
+                bad = torch.ones_like(bad)
+                break
+            raise
+        sums[:3] += values
+        sums[3] += x.shape[0]
+        bad |= flag
+        if running is not None and i % PROGRESS_EVERY == 0:
+            shown = running.update(sums)
+            if shown is not None:
+                bar.set_postfix(neg_elbo=f"{shown:.2f}")
     bar.close()
-    if data.train_x.is_cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    train_recon, train_kl = (sums.double() / seen).tolist()
+    synchronize(device)
+    # Tracing (and compiling) happens once, in the first epoch: timed apart from the steps.
+    trace_seconds = getattr(step, "trace_seconds", 0.0) - traced_before
+    seconds = time.perf_counter() - t0 - trace_seconds
+    # Once per epoch: every rank's sums and flags together, then one host read.
+    summed = world.all_reduce(torch.cat([sums, bad.float().reshape(1)]).double())
+    loss_sum, recon_sum, kl_sum, seen, flags = summed.tolist()
+    if flags or not parameters_finite(vae):
+        raise NonFiniteError(
+            f"training stopped in epoch {epoch}: the loss, a gradient or a parameter became NaN "
+            f"or infinite; the checkpoint of epoch {epoch - 1} is kept. Try a lower --lr "
+            f"(this run: {config.lr:g})"
+        )
     vae.eval()
     t1 = time.perf_counter()
-    test = evaluate_elbo(
-        vae, data.test_batches(EVAL_BATCH), config.elbo, num_particles=config.num_particles
-    )
-    return {
+    test = _evaluate(vae, data, config, world)
+    m = {
         "epoch": epoch,
-        "estimator": ESTIMATORS[config.elbo],
-        "kl_kind": kl_kind,
-        "train_neg_elbo": train_recon + train_kl,
-        "train_recon": train_recon,
-        "train_kl": train_kl,
+        "objective": OBJECTIVES[config.elbo],
+        "estimator": test["estimator"],
+        "num_particles": config.num_particles,
+        "kl_kind": "monte-carlo" if config.elbo == "iwae" else test["kl_kind"],
+        "train_loss": loss_sum / seen,
+        "train_neg_elbo": (recon_sum + kl_sum) / seen,
+        "train_recon": recon_sum / seen,
+        "train_kl": kl_sum / seen,
         "test_neg_elbo": test["neg_elbo"],
         "test_recon": test["recon"],
         "test_kl": test["kl"],
+        # The test -ELBO as a bound on the dataset's -log P (units.in_units), and its data.
+        "test_bits_per_dim": test["bits_per_dim"],
+        "data": test["data"],
         "seconds": seconds,
-        "eval_seconds": time.perf_counter() - t1,
+        "trace_seconds": trace_seconds,
         "units": "nats per image",
     }
+    if "iw" in test:
+        m["test_neg_iw_bound"] = test["iw"]["neg_log_likelihood"]
+    m["eval_seconds"] = time.perf_counter() - t1  # after the test set, IW bound included
+    return m
+
+
+def _evaluate(vae: VAE, data: MNISTData, config: TrainConfig, world: World) -> dict:
+    """The test -ELBO (the run's estimator; Trace_ELBO for an IWAE run) on this rank's part of
+    the test set, summed over the ranks; for an IWAE run also -L_K on the test set."""
+    part = torch.tensor_split(torch.arange(data.test_x.shape[0]), world.size)[world.rank]
+    x, y = data.test_x[part.to(data.test_x.device)], data.test_y[part.to(data.test_y.device)]
+    batches = [(x[s : s + EVAL_BATCH], y[s : s + EVAL_BATCH]) for s in range(0, len(x), EVAL_BATCH)]
+    estimator = "meanfield" if config.elbo == "meanfield" else "trace"
+    particles = 1 if config.elbo == "iwae" else config.num_particles
+    test = evaluate_elbo(
+        vae, batches, estimator, particles, binarize=data.binarize, all_reduce=world.all_reduce
+    )
+    if config.elbo == "iwae":
+        from .loglik import evaluate_log_likelihood
+
+        test["iw"] = evaluate_log_likelihood(
+            vae, batches, config.num_particles, all_reduce=world.all_reduce
+        )
+    return test
+
+
+class _RunningLoss:
+    """The progress bar's running -ELBO per image, read without stalling a GPU: on CUDA the
+    sums are copied to pinned memory asynchronously and shown once the copy has landed."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.host = torch.zeros(4, pin_memory=True)
+            self.event: torch.cuda.Event | None = None
+
+    def update(self, sums: torch.Tensor) -> float | None:
+        if not self.cuda:
+            loss, _, _, seen = sums.tolist()
+            return loss / max(seen, 1)
+        shown = None
+        if self.event is not None and self.event.query():
+            loss, _, _, seen = self.host.tolist()
+            shown = loss / max(seen, 1)
+        if self.event is None or self.event.query():
+            self.host.copy_(sums, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        return shown

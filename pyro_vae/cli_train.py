@@ -1,0 +1,255 @@
+"""``pyro-vae train``: its options, presets, and resuming a run.
+
+Under torchrun (``WORLD_SIZE`` > 1) the command joins the process group for its duration; rank
+0 fetches MNIST first, the others wait and read it, and only rank 0 writes and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .checkpoint import load_checkpoint
+from .cli_args import (
+    NONNEGATIVE,
+    POSITIVE,
+    add_data_args,
+    betas,
+    positive_float,
+    shown,
+    sizes,
+)
+from .config import (
+    BINARIZE_MODES,
+    DECODER_BIAS_INITS,
+    ELBO_CHOICES,
+    LR_SCHEDULES,
+    STEP_CHOICES,
+    TrainConfig,
+    VAEConfig,
+)
+from .likelihoods import LIKELIHOODS
+from .networks import ACTIVATIONS
+from .presets import PRESETS, preset_values
+from .priors import PRIORS
+
+# train's options: the config field each sets (its dest), in which config.
+VAE_OPTIONS = (
+    "z_dim",
+    "hidden_dims",
+    "activation",
+    "num_classes",
+    "prior",
+    "likelihood",
+    "prior_components",
+    "likelihood_scale",
+)
+TRAIN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "betas",
+    "eps",
+    "lr_schedule",
+    "elbo",
+    "num_particles",
+    "binarize",
+    "seed",
+    "train_subset",
+    "test_subset",
+    "decoder_bias",
+    "step",
+    "tensorboard",
+)
+# What --resume accepts besides itself (everything else is the run's).
+RESUME_OPTIONS = ("epochs", "data_dir", "device", "step", "tensorboard", "no_progress", "out")
+
+
+def add_train_parser(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a VAE on MNIST and fill a run directory",
+        description="Trains a VAE (or, with --num-classes, a conditional VAE) and writes its run "
+        "directory: config.json, metrics.jsonl, checkpoint.pt, figures/. Under torchrun "
+        "(--nproc-per-node N) it trains one model on N processes.",
+    )
+    add_data_args(t)
+    t.add_argument("--out", default="runs/vae", help="run directory (default runs/vae)")
+    t.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a published protocol: sets its network, optimizer, schedule, batch and epochs "
+        "(iwae-paper: Burda et al. 2016, Table 1); options typed as well override it",
+    )
+    t.add_argument("--epochs", type=POSITIVE, default=10, help="epochs in all (default 10)")
+    t.add_argument(
+        "--batch-size", type=POSITIVE, default=128, help="global minibatch size (default 128)"
+    )
+    t.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (1e-3)")
+    t.add_argument("--adam-betas", dest="betas", type=betas, default=(0.9, 0.999))
+    t.add_argument("--adam-eps", dest="eps", type=positive_float, default=1e-8)
+    t.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="staged: stage i = 0..7 runs 3^i epochs at lr * 10^(-i/7) (the IWAE paper's)",
+    )
+    t.add_argument(
+        "--elbo",
+        choices=ELBO_CHOICES,
+        default="trace",
+        help="trace = Trace_ELBO (Monte Carlo KL), meanfield = TraceMeanField_ELBO (analytic "
+        "KL), iwae = the importance-weighted bound L_K with K = --num-particles",
+    )
+    t.add_argument("--num-particles", type=POSITIVE, default=1, help="particles (K), vectorized")
+    t.add_argument(
+        "--binarize",
+        choices=BINARIZE_MODES,
+        default="auto",
+        help="how pixels become data. auto: dynamic for bernoulli, none (the raw 8-bit values) "
+        "for discretized-logistic, dequantize ((k + u) / 256, fresh per batch) for the others",
+    )
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--z-dim", type=POSITIVE, default=50, help="latent dimension (default 50)")
+    t.add_argument("--hidden-dims", type=sizes, default=(400,), help="e.g. 400 or 200,200")
+    t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="softplus")
+    t.add_argument(
+        "--num-classes", type=NONNEGATIVE, default=0, help="10 = conditional VAE on digits"
+    )
+    t.add_argument("--prior", choices=sorted(PRIORS), default="normal")
+    t.add_argument("--prior-components", type=POSITIVE, default=10, help="K for mog and vamp")
+    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
+    t.add_argument(
+        "--likelihood-scale",
+        type=positive_float,
+        default=None,
+        help="fixed scale for gaussian/laplace (default: learned per pixel)",
+    )
+    t.add_argument(
+        "--train-subset", type=NONNEGATIVE, default=0, help="use the first N training images"
+    )
+    t.add_argument("--test-subset", type=NONNEGATIVE, default=0, help="use the first N test images")
+    t.add_argument(
+        "--decoder-bias",
+        choices=DECODER_BIAS_INITS,
+        default="default",
+        help="data-mean: start the decoder's output bias at the logit of the mean pixel",
+    )
+    t.add_argument(
+        "--step",
+        choices=STEP_CHOICES,
+        default="auto",
+        help="eager: Pyro every step; fx/compiled: traced once, replayed (compiled by "
+        "inductor); cudagraph: CUDA graph. auto: cudagraph on a GPU, compiled on a CPU for "
+        "runs of 2000+ steps, else eager",
+    )
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log scalars and image grids to RUN_DIR/tensorboard (pip install -e "
+        '".[tensorboard]")',
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out to --epochs; only --epochs, --data-dir, --device, "
+        "--step and --tensorboard may be given (the run keeps its other settings)",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[VAEConfig, TrainConfig, dict]:
+    """The run's configs from the flags: the preset's values, then every option typed.
+
+    Returns the configs and the preset record for config.json (what it set, what was
+    overridden)."""
+    values = {k: getattr(args, k) for k in (*VAE_OPTIONS, *TRAIN_OPTIONS)}
+    record: dict = {}
+    if args.preset:
+        preset = preset_values(args.preset)
+        merged = {**preset["vae"], **preset["train"]}
+        overridden = sorted(k for k in merged if k in args.typed)
+        values.update({k: v for k, v in merged.items() if k not in args.typed})
+        record = {"name": args.preset, "set": merged, "overridden": overridden}
+    vae = VAEConfig(**{k: values[k] for k in VAE_OPTIONS})
+    train = TrainConfig(
+        data_dir=args.data_dir,
+        out=args.out,
+        device=args.device,
+        preset=args.preset,
+        **{k: values[k] for k in TRAIN_OPTIONS},
+    )
+    return vae, train, record
+
+
+def resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's own training settings with the --epochs, --data-dir, --device, --step and
+    --tensorboard given; a one-line error for any other option typed with another value."""
+    ckpt = load_checkpoint(args.out)
+    saved = {
+        **VAEConfig.from_dict(ckpt["vae_config"]).to_dict(),
+        **TrainConfig.from_dict(ckpt["train_config"]).to_dict(),
+    }
+    for k in ("hidden_dims", "betas"):
+        saved[k] = tuple(saved[k])
+    differ = []
+    for name in sorted(args.typed - set(RESUME_OPTIONS) - {"resume"}):
+        given = getattr(args, name)
+        if given != saved.get(name) and not (name == "binarize" and given == "auto"):
+            flag = "--" + {"betas": "adam_betas", "eps": "adam_eps"}.get(name, name)
+            flag = flag.replace("_", "-")
+            differ.append(f"{flag} {shown(given)} (the run has {shown(saved.get(name))})")
+    if differ:
+        raise ValueError(
+            f"--resume keeps the run's settings, but {', '.join(differ)}; drop "
+            f"{'it' if len(differ) == 1 else 'them'} (only --epochs, --data-dir, --device, "
+            "--step and --tensorboard may change), or train a new run with another --out"
+        )
+    train_fields = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    given = {k: getattr(args, k) for k in ("data_dir", "device", "out")}
+    for k in ("epochs", "step", "tensorboard"):
+        if k in args.typed:
+            given[k] = getattr(args, k)
+    return TrainConfig.from_dict({**train_fields, **given})
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .distributed import close_world, init_world, launched_by_torchrun
+    from .training import train
+
+    world = None
+    if launched_by_torchrun():
+        world, args.device = init_world(args.device)
+    try:
+        if args.resume:
+            config, vae, record = resume_config(args), None, {}
+        else:
+            vae, config, record = configs_from_args(args)
+        if world is not None:
+            config.device = args.device
+            _fetch_data_on_rank_zero(config, world)
+        log = print if world is None or world.is_main else (lambda s: None)
+        train(
+            vae,
+            config,
+            resume=args.resume,
+            progress=not args.no_progress,
+            log=log,
+            world=world,
+            preset=record,
+        )
+        if world is None or world.is_main:
+            print(f"run written to {args.out}")
+    finally:
+        if world is not None:
+            close_world(world)
+
+
+def _fetch_data_on_rank_zero(config: TrainConfig, world) -> None:  # noqa: ANN001 - World
+    """Rank 0 fetches MNIST (downloads if missing) while the others wait, then they read it."""
+    from .data import load_mnist
+
+    if world.is_main:
+        load_mnist(config.data_dir, train=True)
+        load_mnist(config.data_dir, train=False)
+    world.barrier()
