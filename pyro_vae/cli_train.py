@@ -57,11 +57,13 @@ TRAIN_OPTIONS = (
     "train_subset",
     "test_subset",
     "decoder_bias",
+    "test_iw_samples",
     "step",
     "tensorboard",
 )
 # What --resume accepts besides itself (everything else is the run's).
 RESUME_OPTIONS = ("epochs", "data_dir", "device", "step", "tensorboard", "no_progress", "out")
+# (test_iw_samples is an evaluation, not training: a resumed run may change it too.)
 
 
 def add_train_parser(sub) -> None:
@@ -134,6 +136,13 @@ def add_train_parser(sub) -> None:
         choices=DECODER_BIAS_INITS,
         default="default",
         help="data-mean: start the decoder's output bias at the logit of the mean pixel",
+    )
+    t.add_argument(
+        "--test-iw-samples",
+        type=NONNEGATIVE,
+        default=0,
+        help="also the test -L_K with this K at each stage's end (staged schedule; every epoch "
+        "otherwise) and at the last epoch, e.g. 100 (0: off)",
     )
     t.add_argument(
         "--step",

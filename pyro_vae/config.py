@@ -101,6 +101,9 @@ class TrainConfig:
     # How a step runs: "eager" (Pyro every step), "fx" / "compiled" (traced once and replayed,
     # compiled by inductor) or "cudagraph"; "auto" picks (step.resolve_step).
     step: str = "auto"
+    # Also score the test set by the IW bound -L_K with this K (0: no) at the end of every
+    # stage of a staged schedule (every epoch with a constant rate) and at the last epoch.
+    test_iw_samples: int = 0
     # Also log the epoch's scalars and image grids for TensorBoard (needs the [tensorboard] extra).
     tensorboard: bool = False
     # The preset the run was made from (presets.PRESETS); its values are the fields above.
@@ -121,6 +124,8 @@ class TrainConfig:
                 )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.test_iw_samples < 0:
+            raise ValueError(f"test_iw_samples must be 0 (off) or more, got {self.test_iw_samples}")
         if not self.eps > 0:
             raise ValueError(f"eps must be positive, got {self.eps}")
         if self.binarize not in BINARIZE_MODES:

@@ -24,15 +24,18 @@ from .device import resolve_device, synchronize
 from .distributed import World, epoch_order, epoch_seed
 from .elbo import OBJECTIVES
 from .evaluate import evaluate_elbo, labels_for
+from .loglik import evaluate_log_likelihood
 from .model import VAE
 from .rng import seeded
 from .runs import append_metrics, check_fits, load_state, read_metrics, write_config, write_metrics
-from .schedules import make_optimizer, make_scheduler
+from .schedules import make_optimizer, make_scheduler, stage_boundaries
 from .step import NonFiniteError, build_step, parameters_finite, resolve_step
 
 # The progress bar's running loss is read back from the device this often.
 PROGRESS_EVERY = 25
 EVAL_BATCH = 1000
+# Test images per importance-sampled batch (loglik chunks over K within it).
+IW_BATCH = 100
 # What a resumed run may change: the length of the run and where and how it runs. The rest
 # (model, data, optimizer, objective, seed) is the run's.
 RESUMABLE = ("epochs", "data_dir", "device", "out", "step", "tensorboard")
@@ -45,8 +48,8 @@ def _epoch_line(m: dict, epochs: int) -> str:
         f"test -ELBO {m['test_neg_elbo']:.2f} "
         f"(recon {m['test_recon']:.2f}, KL {m['test_kl']:.2f})  "
     )
-    if "test_neg_iw_bound" in m:
-        line += f"test -L_{m['num_particles']} {m['test_neg_iw_bound']:.2f}  "
+    for key in sorted(k for k in m if k.startswith("test_neg_L")):
+        line += f"test -L_{key[len('test_neg_L') :]} {m[key]:.2f}  "
     return line + f"[{m['objective']}, KL {m['kl_kind']}, nats/image]  {m['seconds']:.1f} s"
 
 
@@ -298,7 +301,7 @@ def _run_epoch(
         )
     vae.eval()
     t1 = time.perf_counter()
-    test = _evaluate(vae, data, config, world)
+    test = _evaluate(vae, data, config, world, epoch)
     m = {
         "epoch": epoch,
         "objective": OBJECTIVES[config.elbo],
@@ -319,15 +322,17 @@ def _run_epoch(
         "trace_seconds": trace_seconds,
         "units": "nats per image",
     }
-    if "iw" in test:
-        m["test_neg_iw_bound"] = test["iw"]["neg_log_likelihood"]
+    for k, result in test["iw"].items():
+        m[f"test_neg_L{k}"] = result["neg_log_likelihood"]  # -L_K: the IW bound, K samples
     m["eval_seconds"] = time.perf_counter() - t1  # after the test set, IW bound included
     return m
 
 
-def _evaluate(vae: VAE, data: MNISTData, config: TrainConfig, world: World) -> dict:
+def _evaluate(vae: VAE, data: MNISTData, config: TrainConfig, world: World, epoch: int) -> dict:
     """The test -ELBO (the run's estimator; Trace_ELBO for an IWAE run) on this rank's part of
-    the test set, summed over the ranks; for an IWAE run also -L_K on the test set."""
+    the test set, summed over the ranks; and the test -L_K, in ``iw``, for K = the IWAE run's
+    particles every epoch and K = ``test_iw_samples`` at the end of every stage of a staged
+    schedule (every epoch with a constant rate) and at the last epoch."""
     part = torch.tensor_split(torch.arange(data.test_x.shape[0]), world.size)[world.rank]
     x, y = data.test_x[part.to(data.test_x.device)], data.test_y[part.to(data.test_y.device)]
     batches = [(x[s : s + EVAL_BATCH], y[s : s + EVAL_BATCH]) for s in range(0, len(x), EVAL_BATCH)]
@@ -336,12 +341,14 @@ def _evaluate(vae: VAE, data: MNISTData, config: TrainConfig, world: World) -> d
     test = evaluate_elbo(
         vae, batches, estimator, particles, binarize=data.binarize, all_reduce=world.all_reduce
     )
-    if config.elbo == "iwae":
-        from .loglik import evaluate_log_likelihood
-
-        test["iw"] = evaluate_log_likelihood(
-            vae, batches, config.num_particles, all_reduce=world.all_reduce
-        )
+    ks = [config.num_particles] if config.elbo == "iwae" else []
+    stage_end = config.lr_schedule == "constant" or epoch in stage_boundaries()
+    if config.test_iw_samples and (stage_end or epoch == config.epochs):
+        ks.append(config.test_iw_samples)
+    test["iw"] = {}
+    for k in sorted(set(ks)):
+        small = [(x[s : s + IW_BATCH], y[s : s + IW_BATCH]) for s in range(0, len(x), IW_BATCH)]
+        test["iw"][k] = evaluate_log_likelihood(vae, small, k, all_reduce=world.all_reduce)
     return test
 
 
