@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, VAEConfig
 from .data import MNISTData
+from .datasets import DatasetSpec, check_run_data
 from .device import resolve_device
 from .elbo import ELBOTerms, elbo_terms
 from .evaluate import ESTIMATORS, evaluate_elbo, labels_for
@@ -152,7 +153,9 @@ def train(
         device,
         train_subset=config.train_subset,
         test_subset=config.test_subset,
+        dataset=DatasetSpec.of(config),
     )
+    check_run_data(vae.config.x_dim, data, ckpt)
     if config.binarize == "auto":
         config.binarize = data.binarize
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +163,7 @@ def train(
         "vae_config": vae.config.to_dict(),
         "train_config": config.to_dict(),
         "objects": vae.custom_objects(),
+        "dataset": data.dataset,
     }
     with seeded(config.seed, device):
         vae.to(device)
@@ -183,6 +187,7 @@ def train(
                     "vae": record["vae_config"],
                     "train": record["train_config"],
                     "objects": record["objects"],
+                    "dataset": record["dataset"],
                 },
             )
             write_metrics(out, [])
