@@ -16,6 +16,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import BINARIZE_MODES, TrainConfig, VAEConfig
 from .data import DATA_ENV, DataError, default_data_dir
+from .datasets import DEFAULT_TEST_FRACTION, USAGE, parse_dataset
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
 from .priors import PRIORS
@@ -79,13 +80,89 @@ def _hidden(s: str) -> tuple[int, ...]:
     return sizes
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _dataset(s: str) -> str:
+    try:
+        parse_dataset(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def _user_dataset(s: str) -> str:
+    if s == "":  # argparse converts string defaults too: "" is train's (a fixed-seed split)
+        return s
+    if parse_dataset(_dataset(s))[1].read is None:
+        raise argparse.ArgumentTypeError(f"expected folder:PATH or tensor:FILE, got {s!r}")
+    return s
+
+
+def _fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {s}")
+    return v
+
+
+def _num_classes(s: str) -> int | str:
+    return "auto" if s == "auto" else NONNEGATIVE(s)
+
+
+_num_classes.__name__ = "integer >= 0 or auto"
+# The options that say which data (datasets.DatasetSpec's fields).
+_DATA_OPTIONS = ("dataset", "image_size", "test_dataset", "test_fraction")
+
+
+def _add_data_args(p: argparse.ArgumentParser, from_run: bool = False) -> None:
+    """--data-dir, --device and the dataset options; ``from_run``: a command that loads a run,
+    whose own data are the default (another dataset only with --allow-other-dataset)."""
     p.add_argument(
         "--data-dir",
         default=default_data_dir(),
-        help=f"folder holding MNIST/raw (downloaded if missing); default ${DATA_ENV} or ./data",
+        help="folder holding MNIST/raw (FashionMNIST/raw, KMNIST/raw; downloaded if missing); "
+        f"default ${DATA_ENV} or ./data",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    run = "the run's" if from_run else None
+    p.add_argument(
+        "--dataset",
+        type=_dataset,
+        default=None if from_run else "mnist",
+        help=f"{USAGE} (default {run or 'mnist'}); folder: is torchvision's ImageFolder layout",
+    )
+    p.add_argument(
+        "--image-size",
+        type=POSITIVE,
+        default=None if from_run else 0,
+        help=f"folder: resize every image to S x S, grayscale (default {run or 'keep the size'})",
+    )
+    p.add_argument(
+        "--test-dataset",
+        type=_user_dataset,
+        default=None if from_run else "",
+        help="folder:/tensor: data: the test set, folder:PATH or tensor:FILE (default "
+        f"{run or 'a fixed-seed split of --test-fraction'})",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=_fraction,
+        default=None if from_run else DEFAULT_TEST_FRACTION,
+        help="folder:/tensor: data without --test-dataset: the share of images in the test "
+        f"set, chosen with a fixed seed (default {run or DEFAULT_TEST_FRACTION})",
+    )
+    if from_run:
+        p.add_argument(
+            "--allow-other-dataset",
+            action="store_true",
+            help="use data other than the run's (another dataset, size, split or files)",
+        )
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    """The dataset options given (None = the run's)."""
+    return {k: getattr(args, k) for k in _DATA_OPTIONS if getattr(args, k) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden-dims", type=_hidden, default=(400,), help="e.g. 400 or 512,256")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="softplus")
     t.add_argument(
-        "--num-classes", type=NONNEGATIVE, default=0, help="10 = conditional VAE on digits"
+        "--num-classes",
+        type=_num_classes,
+        default=0,
+        help="10 = conditional VAE on digits; auto = the number of classes in the data",
     )
     t.add_argument("--prior", choices=sorted(PRIORS), default="normal")
     t.add_argument("--prior-components", type=POSITIVE, default=10, help="K for mog and vamp")
@@ -147,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test -ELBO of a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    _add_data_args(e)
+    _add_data_args(e, from_run=True)
     e.add_argument(
         "--elbo",
         choices=["trace", "meanfield", "both"],
@@ -184,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Trace_ELBO vs TraceMeanField_ELBO on a run: variance, gradient noise, IW bound",
     )
     c.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    _add_data_args(c)
+    _add_data_args(c, from_run=True)
     c.add_argument("--test-subset", type=POSITIVE, default=1000, help="test images (default 1000)")
     c.add_argument("--repeats", type=_at_least(2), default=20, help="repeated ELBO evaluations R")
     c.add_argument("--grad-batch", type=POSITIVE, default=100, help="fixed minibatch for gradients")
@@ -219,6 +299,7 @@ _TRAIN_OPTIONS = (
     "seed",
     "train_subset",
     "test_subset",
+    *_DATA_OPTIONS,
 )
 
 
@@ -239,7 +320,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         train(None, _resume_config(args), resume=True, progress=not args.no_progress)
         print(f"run written to {args.out}")
         return
-    vae_config = VAEConfig(**{k: getattr(args, k) for k in _VAE_OPTIONS})
+    vae_config = VAEConfig(**{**{k: getattr(args, k) for k in _VAE_OPTIONS}, **_fit_data(args)})
     config = TrainConfig(
         data_dir=args.data_dir,
         out=args.out,
@@ -251,9 +332,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run written to {args.out}")
 
 
+def _fit_data(args: argparse.Namespace) -> dict:
+    """x_dim (and num_classes for auto) from the data; a one-line error when the classes do
+    not fit a conditional VAE."""
+    from .datasets import DatasetSpec, check_num_classes, peek_dataset
+
+    spec = DatasetSpec.of(args)
+    (h, w), classes = peek_dataset(spec, args.data_dir)
+    num_classes = len(classes) if args.num_classes == "auto" else args.num_classes
+    check_num_classes(spec.dataset, classes, num_classes)
+    return {"x_dim": h * w, "num_classes": num_classes}
+
+
 def _shown(value: object) -> str:
     """A setting as it is typed on the command line (hidden sizes as 512,256)."""
     return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+_AUTO_CLASSES = ("num_classes", "auto")  # on resume: the run's number of classes
 
 
 def _resume_config(args: argparse.Namespace) -> TrainConfig:
@@ -268,7 +364,7 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
     differ = []
     for name in sorted(args.typed & {*_VAE_OPTIONS, *_TRAIN_OPTIONS}):
         given = getattr(args, name)
-        if given != saved[name] and not (name == "binarize" and given == "auto"):
+        if given != saved[name] and (name, given) not in (("binarize", "auto"), _AUTO_CLASSES):
             flag = "--" + name.replace("_", "-")
             differ.append(f"{flag} {_shown(given)} (the run has {_shown(saved[name])})")
     if differ:
@@ -296,14 +392,15 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
+    from .datasets import describe as describe_dataset
+    from .datasets import same_dataset
     from .device import resolve_device
     from .evaluate import evaluate_elbo
-    from .runs import load_run
     from .training import EVAL_BATCH
-    from .units import describe
+    from .units import dataset_name, describe
 
     device = resolve_device(args.device)
-    vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
+    vae, ckpt, data = _load_run(args, device)
     elbos = ["trace", "meanfield"] if args.elbo == "both" else [args.elbo]
     results = []
     with seeded(args.seed, device):
@@ -313,6 +410,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 evaluate_elbo(vae, batches, name, args.num_particles, binarize=data.binarize)
             )
     num_dims = vae.config.x_dim
+    source = data.dataset.get("title", "MNIST")
+    for r in results:
+        r["dataset"] = dataset_name(r["data"], source)
     report = {
         "run_dir": str(args.run_dir),
         "epoch": ckpt["epoch"],
@@ -323,6 +423,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "num_dims": num_dims,
         "dequantization_nats": results[0]["dequantization_nats"],
         "seed": args.seed,
+        # What the test set is (datasets.load_dataset's record; test_sha256 identifies it), and
+        # whether it is not the run's own (--allow-other-dataset).
+        "test_set": data.dataset,
+        "other_dataset": not same_dataset(ckpt.get("dataset"), data.dataset),
         # neg_elbo, recon, kl, neg_log_likelihood: the model's nats on the data it was fed;
         # nats_per_image, bits_per_dim: the same for the dataset named by "dataset", with
         # D log 256 added for dequantized pixels (units.in_units).
@@ -331,10 +435,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     }
     if args.num_samples:
         report["log_likelihood"] = _evaluate_nll(args, vae, data, device)
+        report["log_likelihood"]["dataset"] = dataset_name(report["data"], source)
     if vae.config.num_classes and args.samples_per_class:
-        report["conditioning"] = _evaluate_conditioning(args, vae, device)
+        report["conditioning"] = _evaluate_conditioning(args, vae, device, data, ckpt)
     Path(args.run_dir, "eval.json").write_text(json.dumps(report, indent=2))
-    print(f"test data: {describe(report['data'], num_dims)}")
+    print(f"dataset: {describe_dataset(data.dataset)}")
+    print(f"test data: {describe(report['data'], num_dims, source)}")
     print(
         f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'recon':>9}{'KL term':>9}{'bits/dim':>10}"
         "   (test, nats/image)"
@@ -363,14 +469,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.run_dir, 'eval.json')}")
 
 
-def _evaluate_conditioning(args: argparse.Namespace, vae, device) -> dict:
-    """Classifier accuracy of samples per requested digit, seeded like the ELBO."""
+def _load_run(args: argparse.Namespace, device, test_subset: int | None = None):
+    """The run of ``args.run_dir`` on its own data, or on the data the options say."""
+    from .runs import load_run
+
+    return load_run(
+        args.run_dir,
+        args.data_dir,
+        device,
+        args.test_subset if test_subset is None else test_subset,
+        dataset=_data_options(args),
+        allow_other_dataset=args.allow_other_dataset,
+    )
+
+
+def _evaluate_conditioning(args: argparse.Namespace, vae, device, data, ckpt: dict) -> dict:
+    """Classifier accuracy of samples per requested label, seeded like the ELBO; the classifier
+    knows the data's classes (MNIST's digits by default)."""
 
     from .classifier import default_classifier_path, load_or_train_classifier
     from .conditioning import conditioning_accuracy
+    from .datasets import DatasetSpec
 
-    path = Path(args.classifier) if args.classifier else default_classifier_path(args.run_dir)
-    clf, info = load_or_train_classifier(path, args.data_dir, device)
+    record = data.dataset
+    path = Path(args.classifier or default_classifier_path(args.run_dir, record))
+    spec = DatasetSpec.of(TrainConfig.from_dict(ckpt["train_config"]), **_data_options(args))
+    clf, info = load_or_train_classifier(path, args.data_dir, device, dataset=spec, record=record)
     with seeded(args.seed, device):
         result = conditioning_accuracy(vae, clf, args.samples_per_class)
     return {**result, "classifier": {"path": str(path), **info}}
@@ -381,10 +505,9 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
     from .compare import compare_estimators, format_table
     from .compare_plots import comparison_figure
     from .device import resolve_device
-    from .runs import load_run
 
     device = resolve_device(args.device)
-    vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
+    vae, ckpt, data = _load_run(args, device)
     with seeded(args.seed, device):
         result = compare_estimators(
             vae,
@@ -426,7 +549,7 @@ def _add_plot_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    _add_data_args(p)
+    _add_data_args(p, from_run=True)
     p.add_argument(
         "--test-subset",
         type=NONNEGATIVE,
@@ -459,6 +582,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
         grid=args.grid,
         grid_extent=args.grid_extent,
         grid_size=args.grid_size,
+        dataset=_data_options(args),
+        allow_other_dataset=args.allow_other_dataset,
     )
     for path in paths:
         print(f"wrote {path}")
@@ -482,10 +607,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .conditioning import generate, labels_for_samples
     from .device import resolve_device
     from .plots import samples_figure
-    from .runs import load_vae
+    from .runs import load_vae, run_image_shape
 
     device = resolve_device(args.device)
-    vae, _ = load_vae(args.run_dir, device)
+    vae, ckpt = load_vae(args.run_dir, device)
     labels_for_samples(vae, args.num, args.label)  # bad --label/--num fail before any work
     vae.eval()
     with seeded(args.seed, device):
@@ -498,7 +623,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         title, name = "Samples from the prior", "sample_prior.png"
     out = Path(args.out) if args.out else Path(args.run_dir, "figures", name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    samples_figure(x, ncols=args.ncols, title=title).savefig(out, dpi=120)
+    shape = run_image_shape(ckpt)  # None for runs from before: square (MNIST's 28 x 28)
+    samples_figure(x, ncols=args.ncols, title=title, image_shape=shape).savefig(out, dpi=120)
     print(f"wrote {out}")
 
 
