@@ -271,12 +271,17 @@ def check_num_classes(name: str, classes: tuple | list, num_classes: int) -> Non
 
 
 def same_dataset(recorded: dict | None, loaded: dict) -> bool:
-    """Whether ``loaded`` (a record, or just {"name": ...}) is the data a run ``recorded``
-    (None: a run from before records, i.e. MNIST): the same name and, when both are known,
-    the same test set hash (same name with other files, size or split is other data)."""
+    """Whether ``loaded`` (a record, or just {"name": ...} before loading) is the data a run
+    ``recorded`` (None: a run from before records, i.e. MNIST).
+
+    With both test set hashes known, the hashes decide (a moved folder is the same data; other
+    files, size or split are not); else the kind of dataset (mnist, kmnist, ..., folder, tensor).
+    """
     recorded = recorded or LEGACY_RECORD
     mine, theirs = recorded.get("test_sha256"), loaded.get("test_sha256")
-    return recorded["name"] == loaded["name"] and not (mine and theirs and mine != theirs)
+    if mine and theirs:
+        return mine == theirs
+    return parse_dataset(recorded["name"])[0] == parse_dataset(loaded["name"])[0]
 
 
 def check_same_dataset(recorded: dict | None, loaded: dict, where: str) -> None:
@@ -285,7 +290,7 @@ def check_same_dataset(recorded: dict | None, loaded: dict, where: str) -> None:
         return
     recorded = recorded or LEGACY_RECORD
     fix = "drop --dataset and its options to use the run's data, or pass --allow-other-dataset"
-    if recorded["name"] != loaded["name"]:
+    if parse_dataset(recorded["name"])[0] != parse_dataset(loaded["name"])[0]:
         raise ValueError(f"{where} was trained on {recorded['name']}, not {loaded['name']}; {fix}")
     raise ValueError(
         f"the test set of {loaded['name']} here ({describe(loaded)}, sha256 "
