@@ -339,7 +339,9 @@ def _fit_data(args: argparse.Namespace) -> dict:
 
     spec = DatasetSpec.of(args)
     (h, w), classes = peek_dataset(spec, args.data_dir)
-    num_classes = len(classes) if args.num_classes == "auto" else args.num_classes
+    num_classes = args.num_classes
+    if num_classes == "auto":  # asks for a conditional VAE: unlabelled data fail the check
+        num_classes = max(len(classes), 1)
     check_num_classes(spec.dataset, classes, num_classes)
     return {"x_dim": h * w, "num_classes": num_classes}
 

@@ -280,6 +280,11 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         ["train", "--dataset", "tensor:UNLABELLED", "--num-classes", "2"],
         "has no labels",
     ),
+    (
+        "--num-classes auto on unlabelled data",
+        ["train", "--dataset", "tensor:UNLABELLED", "--num-classes", "auto"],
+        "has no labels; a conditional VAE (--num-classes) needs them",
+    ),
     ("tensor: wrong keys", ["train", "--dataset", "tensor:WRONGKEYS"], "holds the keys ['images']"),
     ("tensor: wrong dtype", ["train", "--dataset", "tensor:INT32"], "dtype torch.int32"),
     ("tensor: float labels", ["train", "--dataset", "tensor:FLOATLABELS"], "not integers"),
