@@ -1,7 +1,7 @@
 """``pyro-vae``: train, evaluate, sample and plot from the shell.
 
-Names given on the command line (priors, likelihoods, estimators) become objects in the
-library's registries; this module only parses and reports. Bad input ends with a one-line
+Names given on the command line (priors, likelihoods, estimators, datasets) become objects in
+the library's registries; this module only parses and reports. Bad input ends with a one-line
 error and exit code 2, never a traceback, and leaves an existing run as it was.
 """
 
@@ -21,11 +21,13 @@ from .cli_args import (
     UsageError,
     add_data_args,
     at_least,
+    data_options,
     positive_float,
     sizes,
     typed_options,
 )
 from .cli_train import add_train_parser, cmd_train
+from .config import TrainConfig
 from .data import DataError
 from .rng import seeded
 from .step import NonFiniteError
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test -ELBO of a trained run; writes RUN_DIR/eval.json")
     e.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    add_data_args(e)
+    add_data_args(e, from_run=True)
     e.add_argument(
         "--elbo",
         choices=["trace", "meanfield", "both"],
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Trace_ELBO vs TraceMeanField_ELBO on a run: variance, gradient noise, IW bound",
     )
     c.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    add_data_args(c)
+    add_data_args(c, from_run=True)
     c.add_argument("--test-subset", type=POSITIVE, default=1000, help="test images (default 1000)")
     c.add_argument("--repeats", type=at_least(2), default=20, help="repeated ELBO evaluations R")
     c.add_argument("--grad-batch", type=POSITIVE, default=100, help="fixed minibatch for gradients")
@@ -110,14 +112,15 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
+    from .datasets import describe as describe_dataset
+    from .datasets import same_dataset
     from .device import resolve_device
     from .evaluate import evaluate_elbo
-    from .runs import load_run
     from .training import EVAL_BATCH
-    from .units import describe
+    from .units import dataset_name, describe
 
     device = resolve_device(args.device)
-    vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
+    vae, ckpt, data = _load_run(args, device)
     elbos = ["trace", "meanfield"] if args.elbo == "both" else [args.elbo]
     results = []
     with seeded(args.seed, device):
@@ -127,6 +130,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 evaluate_elbo(vae, batches, name, args.num_particles, binarize=data.binarize)
             )
     num_dims = vae.config.x_dim
+    source = data.dataset.get("title", "MNIST")
+    for r in results:
+        r["dataset"] = dataset_name(r["data"], source)
     report = {
         "run_dir": str(args.run_dir),
         "epoch": ckpt["epoch"],
@@ -137,6 +143,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "num_dims": num_dims,
         "dequantization_nats": results[0]["dequantization_nats"],
         "seed": args.seed,
+        # What the test set is (datasets.load_dataset's record; test_sha256 identifies it), and
+        # whether it is not the run's own (--allow-other-dataset).
+        "test_set": data.dataset,
+        "other_dataset": not same_dataset(ckpt.get("dataset"), data.dataset),
         # neg_elbo, recon, kl, neg_log_likelihood: the model's nats on the data it was fed;
         # nats_per_image, bits_per_dim: the same for the dataset named by "dataset", with
         # D log 256 added for dequantized pixels (units.in_units).
@@ -145,10 +155,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     }
     if args.num_samples:
         report["log_likelihood"] = _evaluate_nll(args, vae, data, device)
+        report["log_likelihood"]["dataset"] = dataset_name(report["data"], source)
     if vae.config.num_classes and args.samples_per_class:
-        report["conditioning"] = _evaluate_conditioning(args, vae, device)
+        report["conditioning"] = _evaluate_conditioning(args, vae, device, data, ckpt)
     Path(args.run_dir, "eval.json").write_text(json.dumps(report, indent=2))
-    print(f"test data: {describe(report['data'], num_dims)}")
+    print(f"dataset: {describe_dataset(data.dataset)}")
+    print(f"test data: {describe(report['data'], num_dims, source)}")
     print(
         f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'recon':>9}{'KL term':>9}{'bits/dim':>10}"
         "   (test, nats/image)"
@@ -177,14 +189,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.run_dir, 'eval.json')}")
 
 
-def _evaluate_conditioning(args: argparse.Namespace, vae, device) -> dict:
-    """Classifier accuracy of samples per requested digit, seeded like the ELBO."""
+def _load_run(args: argparse.Namespace, device, test_subset: int | None = None):
+    """The run of ``args.run_dir`` on its own data, or on the data the options say."""
+    from .runs import load_run
+
+    return load_run(
+        args.run_dir,
+        args.data_dir,
+        device,
+        args.test_subset if test_subset is None else test_subset,
+        dataset=data_options(args),
+        allow_other_dataset=args.allow_other_dataset,
+    )
+
+
+def _evaluate_conditioning(args: argparse.Namespace, vae, device, data, ckpt: dict) -> dict:
+    """Classifier accuracy of samples per requested label, seeded like the ELBO; the classifier
+    knows the data's classes (MNIST's digits by default)."""
 
     from .classifier import default_classifier_path, load_or_train_classifier
     from .conditioning import conditioning_accuracy
+    from .datasets import DatasetSpec
 
-    path = Path(args.classifier) if args.classifier else default_classifier_path(args.run_dir)
-    clf, info = load_or_train_classifier(path, args.data_dir, device)
+    record = data.dataset
+    path = Path(args.classifier or default_classifier_path(args.run_dir, record))
+    spec = DatasetSpec.of(TrainConfig.from_dict(ckpt["train_config"]), **data_options(args))
+    clf, info = load_or_train_classifier(path, args.data_dir, device, dataset=spec, record=record)
     with seeded(args.seed, device):
         result = conditioning_accuracy(vae, clf, args.samples_per_class)
     return {**result, "classifier": {"path": str(path), **info}}
@@ -195,10 +225,9 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
     from .compare import compare_estimators, format_table
     from .compare_plots import comparison_figure
     from .device import resolve_device
-    from .runs import load_run
 
     device = resolve_device(args.device)
-    vae, ckpt, data = load_run(args.run_dir, args.data_dir, device, args.test_subset)
+    vae, ckpt, data = _load_run(args, device)
     with seeded(args.seed, device):
         result = compare_estimators(
             vae,
@@ -240,7 +269,7 @@ def _add_plot_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
-    add_data_args(p)
+    add_data_args(p, from_run=True)
     p.add_argument(
         "--test-subset",
         type=NONNEGATIVE,
@@ -273,6 +302,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
         grid=args.grid,
         grid_extent=args.grid_extent,
         grid_size=args.grid_size,
+        dataset=data_options(args),
+        allow_other_dataset=args.allow_other_dataset,
     )
     for path in paths:
         print(f"wrote {path}")
@@ -296,10 +327,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .conditioning import generate, labels_for_samples
     from .device import resolve_device
     from .plots import samples_figure
-    from .runs import load_vae
+    from .runs import load_vae, run_image_shape
 
     device = resolve_device(args.device)
-    vae, _ = load_vae(args.run_dir, device)
+    vae, ckpt = load_vae(args.run_dir, device)
     labels_for_samples(vae, args.num, args.label)  # bad --label/--num fail before any work
     vae.eval()
     with seeded(args.seed, device):
@@ -312,7 +343,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         title, name = "Samples from the prior", "sample_prior.png"
     out = Path(args.out) if args.out else Path(args.run_dir, "figures", name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    samples_figure(x, ncols=args.ncols, title=title).savefig(out, dpi=120)
+    shape = run_image_shape(ckpt)  # None for runs from before: square (MNIST's 28 x 28)
+    samples_figure(x, ncols=args.ncols, title=title, image_shape=shape).savefig(out, dpi=120)
     print(f"wrote {out}")
 
 

@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Sequence
 
 from .data import DATA_ENV, default_data_dir
+from .datasets import DEFAULT_TEST_FRACTION, USAGE, parse_dataset
 
 
 class UsageError(Exception):
@@ -82,13 +83,84 @@ def betas(s: str) -> tuple[float, float]:
     return values
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def dataset_spec(s: str) -> str:
+    try:
+        parse_dataset(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def user_dataset(s: str) -> str:
+    if s == "":  # argparse converts string defaults too: "" is train's (a fixed-seed split)
+        return s
+    if parse_dataset(dataset_spec(s))[1].read is None:
+        raise argparse.ArgumentTypeError(f"expected folder:PATH or tensor:FILE, got {s!r}")
+    return s
+
+
+def fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {s}")
+    return v
+
+
+# The options that say which data (datasets.DatasetSpec's fields).
+DATA_OPTIONS = ("dataset", "image_size", "test_dataset", "test_fraction")
+
+
+def add_data_args(p: argparse.ArgumentParser, from_run: bool = False) -> None:
+    """--data-dir, --device and the dataset options; ``from_run``: a command that loads a run,
+    whose own data are the default (another dataset only with --allow-other-dataset)."""
     p.add_argument(
         "--data-dir",
         default=default_data_dir(),
-        help=f"folder holding MNIST/raw (downloaded if missing); default ${DATA_ENV} or ./data",
+        help="folder holding MNIST/raw (FashionMNIST/raw, KMNIST/raw; downloaded if missing); "
+        f"default ${DATA_ENV} or ./data",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    run = "the run's" if from_run else None
+    p.add_argument(
+        "--dataset",
+        type=dataset_spec,
+        default=None if from_run else "mnist",
+        help=f"{USAGE} (default {run or 'mnist'}); folder: is torchvision's ImageFolder layout",
+    )
+    p.add_argument(
+        "--image-size",
+        type=POSITIVE,
+        default=None if from_run else 0,
+        help=f"folder: resize every image to S x S, grayscale (default {run or 'keep the size'})",
+    )
+    p.add_argument(
+        "--test-dataset",
+        type=user_dataset,
+        default=None if from_run else "",
+        help="folder:/tensor: data: the test set, folder:PATH or tensor:FILE (default "
+        f"{run or 'a fixed-seed split of --test-fraction'})",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=fraction,
+        default=None if from_run else DEFAULT_TEST_FRACTION,
+        help="folder:/tensor: data without --test-dataset: the share of images in the test "
+        f"set, chosen with a fixed seed (default {run or DEFAULT_TEST_FRACTION})",
+    )
+    if from_run:
+        p.add_argument(
+            "--allow-other-dataset",
+            action="store_true",
+            help="use data other than the run's (another dataset, size, split or files)",
+        )
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    """The dataset options given (None = the run's)."""
+    return {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
 
 
 def typed_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:

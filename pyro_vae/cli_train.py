@@ -10,6 +10,7 @@ import argparse
 
 from .checkpoint import load_checkpoint
 from .cli_args import (
+    DATA_OPTIONS,
     NONNEGATIVE,
     POSITIVE,
     add_data_args,
@@ -60,10 +61,19 @@ TRAIN_OPTIONS = (
     "test_iw_samples",
     "step",
     "tensorboard",
+    *DATA_OPTIONS,
 )
 # What --resume accepts besides itself (everything else is the run's).
 RESUME_OPTIONS = ("epochs", "data_dir", "device", "step", "tensorboard", "no_progress", "out")
 # (test_iw_samples is an evaluation, not training: a resumed run may change it too.)
+
+
+def _num_classes(s: str) -> int | str:
+    return "auto" if s == "auto" else NONNEGATIVE(s)
+
+
+_num_classes.__name__ = "integer >= 0 or auto"
+_AUTO_CLASSES = ("num_classes", "auto")  # on resume: the run's number of classes
 
 
 def add_train_parser(sub) -> None:
@@ -116,7 +126,10 @@ def add_train_parser(sub) -> None:
     t.add_argument("--hidden-dims", type=sizes, default=(400,), help="e.g. 400 or 200,200")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="softplus")
     t.add_argument(
-        "--num-classes", type=NONNEGATIVE, default=0, help="10 = conditional VAE on digits"
+        "--num-classes",
+        type=_num_classes,
+        default=0,
+        help="10 = conditional VAE on digits; auto = the number of classes in the data",
     )
     t.add_argument("--prior", choices=sorted(PRIORS), default="normal")
     t.add_argument("--prior-components", type=POSITIVE, default=10, help="K for mog and vamp")
@@ -180,7 +193,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VAEConfig, TrainConfig,
         overridden = sorted(k for k in merged if k in args.typed)
         values.update({k: v for k, v in merged.items() if k not in args.typed})
         record = {"name": args.preset, "set": merged, "overridden": overridden}
-    vae = VAEConfig(**{k: values[k] for k in VAE_OPTIONS})
+    vae = VAEConfig(**{**{k: values[k] for k in VAE_OPTIONS}, **_fit_data(args, values)})
     train = TrainConfig(
         data_dir=args.data_dir,
         out=args.out,
@@ -189,6 +202,20 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VAEConfig, TrainConfig,
         **{k: values[k] for k in TRAIN_OPTIONS},
     )
     return vae, train, record
+
+
+def _fit_data(args: argparse.Namespace, values: dict) -> dict:
+    """x_dim (and num_classes for auto) from the data; a one-line error when the classes do
+    not fit a conditional VAE."""
+    from .datasets import DatasetSpec, check_num_classes, peek_dataset
+
+    spec = DatasetSpec.of(args)
+    (h, w), classes = peek_dataset(spec, args.data_dir)
+    num_classes = values["num_classes"]
+    if num_classes == "auto":  # asks for a conditional VAE: unlabelled data fail the check
+        num_classes = max(len(classes), 1)
+    check_num_classes(spec.dataset, classes, num_classes)
+    return {"x_dim": h * w, "num_classes": num_classes}
 
 
 def resume_config(args: argparse.Namespace) -> TrainConfig:
@@ -204,7 +231,7 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     differ = []
     for name in sorted(args.typed - set(RESUME_OPTIONS) - {"resume"}):
         given = getattr(args, name)
-        if given != saved.get(name) and not (name == "binarize" and given == "auto"):
+        if given != saved.get(name) and (name, given) not in (("binarize", "auto"), _AUTO_CLASSES):
             flag = "--" + {"betas": "adam_betas", "eps": "adam_eps"}.get(name, name)
             flag = flag.replace("_", "-")
             differ.append(f"{flag} {shown(given)} (the run has {shown(saved.get(name))})")
@@ -230,13 +257,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if launched_by_torchrun():
         world, args.device = init_world(args.device)
     try:
+        if world is not None:
+            _fetch_data_on_rank_zero(args, world)
         if args.resume:
             config, vae, record = resume_config(args), None, {}
         else:
             vae, config, record = configs_from_args(args)
-        if world is not None:
-            config.device = args.device
-            _fetch_data_on_rank_zero(config, world)
         log = print if world is None or world.is_main else (lambda s: None)
         train(
             vae,
@@ -254,11 +280,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             close_world(world)
 
 
-def _fetch_data_on_rank_zero(config: TrainConfig, world) -> None:  # noqa: ANN001 - World
-    """Rank 0 fetches MNIST (downloads if missing) while the others wait, then they read it."""
-    from .data import load_mnist
+def _fetch_data_on_rank_zero(args: argparse.Namespace, world) -> None:  # noqa: ANN001 - World
+    """Rank 0 reads the data (downloading it if missing) while the others wait, then they do."""
+    from .datasets import DatasetSpec, load_dataset
 
     if world.is_main:
-        load_mnist(config.data_dir, train=True)
-        load_mnist(config.data_dir, train=False)
+        spec = resume_config(args) if args.resume else args
+        load_dataset(DatasetSpec.of(spec), args.data_dir)
     world.barrier()

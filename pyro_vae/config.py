@@ -109,6 +109,13 @@ class TrainConfig:
     # The preset the run was made from (presets.PRESETS); its values are the fields above.
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The data (datasets.py): "mnist", "fashion-mnist", "kmnist", "folder:PATH" or "tensor:FILE".
+    dataset: str = "mnist"
+    # folder: only: resize every image to image_size x image_size (0: keep the files' size).
+    image_size: int = 0
+    # folder:/tensor: only: the test set; "" = a fixed-seed split of test_fraction of the images.
+    test_dataset: str = ""
+    test_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -140,6 +147,10 @@ class TrainConfig:
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (all) or more, got {getattr(self, name)}")
+        if self.image_size < 0:
+            raise ValueError(f"image_size must be 0 (keep) or more, got {self.image_size}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

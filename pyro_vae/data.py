@@ -1,4 +1,5 @@
-"""MNIST on the training device: uint8 pixels cut into shuffled batches there.
+"""MNIST (or any dataset of ``datasets.py``) on the training device: uint8 pixels cut into
+shuffled batches there.
 
 The whole dataset (47 MB as uint8) is moved to the device once; each batch is an index into it
 and is turned into the likelihood's representation (binarized, dequantized or grayscale) on the
@@ -14,14 +15,18 @@ import io
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .distributed import World, sharded_batches
 from .likelihoods import Likelihood
+
+if TYPE_CHECKING:
+    from .datasets import DatasetSpec
 
 DATA_ENV = "PYRO_VAE_DATA_DIR"
 MNIST_FILES = (
@@ -76,8 +81,9 @@ def idx_problem(path: str | os.PathLike, ndim: int) -> str:
     return ""
 
 
-def check_mnist_files(raw: Path) -> None:
-    """Raises DataDamagedError for a raw MNIST file that is present but unreadable."""
+def check_mnist_files(raw: Path, title: str = "MNIST") -> None:
+    """Raises DataDamagedError for a raw IDX file of ``title`` (MNIST, Fashion-MNIST, KMNIST:
+    the same four file names) that is present but unreadable."""
     for name in MNIST_FILES:
         path = raw / name
         if path.is_file():
@@ -85,28 +91,38 @@ def check_mnist_files(raw: Path) -> None:
             problem = idx_problem(path, _IDX_NDIM[kind])
             if problem:
                 raise DataDamagedError(
-                    f"MNIST file {path} is damaged: {problem}; delete it so that it is "
+                    f"{title} file {path} is damaged: {problem}; delete it so that it is "
                     "downloaded again, or copy an intact one there"
                 )
 
 
-def load_mnist(root: str | os.PathLike, train: bool) -> tuple[Tensor, Tensor]:
-    """Images as uint8 [N, 784] and labels as int64 [N] via torchvision (downloads if missing)."""
-    from torchvision.datasets import MNIST
+def load_torchvision(
+    root: str | os.PathLike, train: bool, folder: str = "MNIST", title: str = "MNIST"
+) -> tuple[Tensor, Tensor]:
+    """Images as uint8 [N, H, W] and labels as int64 [N] of one of torchvision's IDX datasets,
+    its class ``folder`` (MNIST, FashionMNIST, KMNIST) read from ``root/folder/raw``
+    (downloaded there if missing)."""
+    import torchvision.datasets
 
-    check_mnist_files(Path(root) / "MNIST" / "raw")
+    raw = Path(root) / folder / "raw"
+    check_mnist_files(raw, title)
     try:
         # torchvision prints its download attempts; the error below says what matters.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            ds = MNIST(root=str(root), train=train, download=True)
+            ds = getattr(torchvision.datasets, folder)(root=str(root), train=train, download=True)
     except Exception as e:  # noqa: BLE001 - any download failure means the same thing to a user
-        raw = Path(root) / "MNIST" / "raw"
         raise DataNotFoundError(
-            f"MNIST not found in {raw} and could not be downloaded ({type(e).__name__}); put "
+            f"{title} not found in {raw} and could not be downloaded ({type(e).__name__}); put "
             f"{', '.join(MNIST_FILES)} there or point --data-dir (or ${DATA_ENV}) at a folder "
-            "holding MNIST/raw"
+            f"holding {folder}/raw"
         ) from None
-    return ds.data.reshape(len(ds.data), -1), ds.targets.long()
+    return ds.data, ds.targets.long()
+
+
+def load_mnist(root: str | os.PathLike, train: bool) -> tuple[Tensor, Tensor]:
+    """Images as uint8 [N, 784] and labels as int64 [N] via torchvision (downloads if missing)."""
+    x, y = load_torchvision(root, train)
+    return x.reshape(len(x), -1), y
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -168,12 +184,16 @@ class MNISTData:
     """Training images (uint8, binarized or dequantized per batch) and a fixed test set, on
     ``device``."""
 
-    train_x: Tensor  # uint8 [N, 784]
-    train_y: Tensor  # int64 [N]
-    test_x: Tensor  # float [M, 784], already in the likelihood's representation
+    train_x: Tensor  # uint8 [N, D], D = H * W
+    train_y: Tensor  # int64 [N] (zeros for an unlabelled dataset)
+    test_x: Tensor  # float [M, D], already in the likelihood's representation
     test_y: Tensor  # int64 [M]
     binarize: str
     likelihood: Likelihood
+    image_shape: tuple[int, int] = (28, 28)  # (H, W): how the figures draw a row of D pixels
+    # What the data are (datasets.load_dataset's record): name, shape, classes, split, hash of
+    # the test set. Runs store it; a run is scored only on the data it records.
+    dataset: dict = field(default_factory=lambda: {"name": "mnist"})
 
     @classmethod
     def load(
@@ -184,10 +204,14 @@ class MNISTData:
         device: torch.device | str = "cpu",
         train_subset: int = 0,
         test_subset: int = 0,
+        dataset: str | DatasetSpec = "mnist",
     ) -> MNISTData:
+        """``dataset``: a name or a :class:`~pyro_vae.datasets.DatasetSpec` (see there)."""
+        from .datasets import load_dataset  # datasets.py builds on this module's readers
+
         binarize = resolve_binarize(binarize, likelihood)
-        train_x, train_y = load_mnist(root, train=True)
-        test_x, test_y = load_mnist(root, train=False)
+        raw = load_dataset(dataset, root)
+        train_x, train_y, test_x, test_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
         if train_subset:
             train_x, train_y = train_x[:train_subset], train_y[:train_subset]
         if test_subset:
@@ -203,6 +227,8 @@ class MNISTData:
             test_y=test_y.to(device),
             binarize=binarize,
             likelihood=likelihood,
+            image_shape=raw.image_shape,
+            dataset=raw.record,
         )
 
     @property

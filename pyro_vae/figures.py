@@ -174,24 +174,27 @@ def make_figures(
     """Every figure that applies to this model, by file name (see ``FIGURES``)."""
     c = vae.config
     device = data.test_x.device
+    shape = data.image_shape  # every image drawn is the data's (H, W)
     vae.eval()
     figs: dict[str, Figure] = {}
     with seeded(FIGURE_SEED, device):
         x, y = data.test_x[:NUM_RECONSTRUCTED], data.test_y[:NUM_RECONSTRUCTED]
         figs["reconstructions.png"] = plots.reconstructions_figure(
-            x, vae.reconstruct(x, labels_for(vae, y))
+            x, vae.reconstruct(x, labels_for(vae, y)), image_shape=shape
         )
         if c.num_classes:
             labels = torch.arange(NUM_SHOWN, device=device) % c.num_classes
             figs["samples.png"] = plots.samples_figure(
-                vae.sample(y=labels), title="Samples from the prior (labels 0, 1, 2, ... in turn)"
+                vae.sample(y=labels),
+                title="Samples from the prior (labels 0, 1, 2, ... in turn)",
+                image_shape=shape,
             )
             labels = torch.arange(c.num_classes, device=device).repeat_interleave(PER_CLASS)
             figs["class_grid.png"] = plots.class_grid_figure(
-                vae.sample(y=labels), c.num_classes, PER_CLASS
+                vae.sample(y=labels), c.num_classes, PER_CLASS, image_shape=shape
             )
         else:
-            figs["samples.png"] = plots.samples_figure(vae.sample(NUM_SHOWN))
+            figs["samples.png"] = plots.samples_figure(vae.sample(NUM_SHOWN), image_shape=shape)
     if metrics:
         figs["training_curves.png"] = plots.training_curves_figure(metrics)
 
@@ -215,7 +218,7 @@ def make_figures(
     ia, ib = (torch.tensor(i, device=device) for i in zip(*pairs, strict=True))
     ts = torch.linspace(0, 1, INTERPOLATION_STEPS, device=device)
     line = (1 - ts)[:, None, None] * means[ia] + ts[:, None, None] * means[ib]  # [K, P, z_dim]
-    path = vae.decode(line, labels_for(vae, data.test_y[ia]))  # [K, P, 784]
+    path = vae.decode(line, labels_for(vae, data.test_y[ia]))  # [K, P, D]
     how = "means of q; label held fixed" if c.num_classes else "means of q"
     figs["interpolation.png"] = plots.interpolation_figure(
         data.test_x[ia],
@@ -223,6 +226,7 @@ def make_figures(
         data.test_x[ib],
         ts.tolist(),
         title=f"Decoded along straight lines between two test digits' codes ({how})",
+        image_shape=shape,
     )
 
     if c.z_dim == 2:
@@ -244,6 +248,7 @@ def make_figures(
                 g[:, 0],
                 g[:, 1],
                 title=f"Decoder means over a grid of z, one grid per label\n({what})",
+                image_shape=shape,
             )
         else:
             loc, scale = prior_loc_scale(vae, None)
@@ -253,6 +258,7 @@ def make_figures(
                 axes[0],
                 axes[1],
                 title=f"Decoder means over a grid of z\n({what})",
+                image_shape=shape,
             )
     return figs
 
@@ -295,13 +301,23 @@ def plot_run(
     device: str = "auto",
     test_subset: int | None = None,
     vae: VAE | None = None,
+    dataset: dict | None = None,
+    allow_other_dataset: bool = False,
     **options,
 ) -> list[Path]:
     """Reloads a run directory and writes its figures into ``RUN_DIR/figures``.
 
     The test set is binarized as in training; ``test_subset`` defaults to the run's own.
     ``vae``: for a run trained with custom prior/likelihood objects, the VAE rebuilt with them
-    (see ``runs.load_vae``).
+    (see ``runs.load_vae``). ``dataset``, ``allow_other_dataset``: as for ``runs.load_run``.
     """
-    vae, _, data = load_run(run_dir, data_dir, resolve_device(device), test_subset, vae=vae)
+    vae, _, data = load_run(
+        run_dir,
+        data_dir,
+        resolve_device(device),
+        test_subset,
+        vae=vae,
+        dataset=dataset,
+        allow_other_dataset=allow_other_dataset,
+    )
     return write_run_figures(vae, data, read_metrics(run_dir), Path(run_dir) / "figures", **options)

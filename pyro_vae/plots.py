@@ -1,12 +1,14 @@
 """Figures as functions that return a matplotlib ``Figure`` (object-oriented API, no pyplot).
 
-The caller decides where to save them. Images are [N, 784] tensors (or arrays) in [0, 1],
-drawn dark on white (ink = 1). These functions only draw; what to encode, decode or project
-is decided by ``pyro_vae.figures``.
+The caller decides where to save them. Images are [N, D] tensors (or arrays) in [0, 1],
+drawn dark on white (ink = 1), each of ``image_shape`` = (H, W) with H * W = D; without it a
+square side sqrt(D) is assumed (28 x 28 for MNIST's 784). These functions only draw; what to
+encode, decode or project is decided by ``pyro_vae.figures``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -15,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-IMAGE_SIDE = 28
+IMAGE_SIDE = 28  # MNIST's; other data give their own image_shape
 # Inches per digit: about 54 pixels a digit at the 120 dpi figures are saved with.
 CELL_INCHES = 0.45
 # Value of the gaps between digits: a light grey line under the "gray_r" colour map.
@@ -28,25 +30,48 @@ def _numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=float)
 
 
-def _as_images(x: ArrayLike) -> np.ndarray:
-    return _numpy(x).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+def shape_of(num_pixels: int, image_shape: Sequence[int] | None = None) -> tuple[int, int]:
+    """(H, W) of images of ``num_pixels``: ``image_shape``, checked, or else a square."""
+    if image_shape is not None:
+        h, w = (int(v) for v in image_shape)
+        if h * w != num_pixels:
+            raise ValueError(f"image_shape {h}x{w} does not hold images of {num_pixels} pixels")
+        return h, w
+    side = math.isqrt(num_pixels)
+    if side * side != num_pixels:
+        raise ValueError(f"images of {num_pixels} pixels are not square; pass image_shape=(H, W)")
+    return side, side
 
 
-def tile(images: ArrayLike, ncols: int, pad: int = 2, pad_value: float = GAP_VALUE) -> np.ndarray:
-    """[N, 784] -> one [rows*(28+pad) - pad, ncols*(28+pad) - pad] array, row by row."""
-    imgs = _as_images(images)
+def _as_images(x: ArrayLike, image_shape: Sequence[int] | None = None) -> np.ndarray:
+    """[..., D] -> [N, H, W]."""
+    a = _numpy(x)
+    h, w = shape_of(a.shape[-1], image_shape)
+    return a.reshape(-1, h, w)
+
+
+def tile(
+    images: ArrayLike,
+    ncols: int,
+    pad: int = 2,
+    pad_value: float = GAP_VALUE,
+    image_shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """[N, H*W] -> one [rows*(H+pad) - pad, ncols*(W+pad) - pad] array, row by row."""
+    imgs = _as_images(images, image_shape)
+    h, w = imgs.shape[1:]
     nrows = -(-imgs.shape[0] // ncols)
-    step = IMAGE_SIDE + pad
-    canvas = np.full((nrows * step - pad, ncols * step - pad), pad_value)
+    canvas = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad), pad_value)
     for i, img in enumerate(imgs):
         r, c = divmod(i, ncols)
-        canvas[r * step : r * step + IMAGE_SIDE, c * step : c * step + IMAGE_SIDE] = img
+        canvas[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
     return canvas
 
 
-def _centres(n: int, pad: int) -> list[float]:
-    """Pixel coordinates of the centres of n digits in a row (or column) of a tiled canvas."""
-    return [k * (IMAGE_SIDE + pad) + (IMAGE_SIDE - 1) / 2 for k in range(n)]
+def _centres(n: int, pad: int, side: int = IMAGE_SIDE) -> list[float]:
+    """Pixel coordinates of the centres of n images of ``side`` pixels in a row (or column) of a
+    tiled canvas."""
+    return [k * (side + pad) + (side - 1) / 2 for k in range(n)]
 
 
 def _show(ax, canvas: np.ndarray) -> None:
@@ -62,14 +87,17 @@ def digit_axes(
     right: float = 0.05,
     cell_inches: float = CELL_INCHES,
     min_width: float = 3.0,
+    image_shape: Sequence[int] | None = None,
 ) -> tuple[Figure, Axes]:
     """A figure with one axes showing a tiled ``canvas``, margins given in inches.
 
+    Each image of ``image_shape`` (default 28 x 28) gets ``cell_inches`` along its longer side.
     The axes is placed by hand rather than by tight_layout: an image keeps its aspect, so a
     layout engine can squeeze the title or the column labels out of a wide, short figure.
     """
     h, w = canvas.shape
-    img_w, img_h = w / (IMAGE_SIDE + 2) * cell_inches, h / (IMAGE_SIDE + 2) * cell_inches
+    inches_per_pixel = cell_inches / (max(image_shape or (IMAGE_SIDE,)) + 2)
+    img_w, img_h = w * inches_per_pixel, h * inches_per_pixel
     fig_w, fig_h = max(img_w + left + right, min_width), img_h + top + bottom
     x0 = left + (fig_w - img_w - left - right) / 2  # centred when min_width wins
     fig = Figure(figsize=(fig_w, fig_h))
@@ -85,10 +113,20 @@ def _bare(ax: Axes) -> None:
 
 
 def image_grid(
-    images: ArrayLike, ncols: int = 8, title: str = "", cell_inches: float = CELL_INCHES
+    images: ArrayLike,
+    ncols: int = 8,
+    title: str = "",
+    cell_inches: float = CELL_INCHES,
+    image_shape: Sequence[int] | None = None,
 ) -> Figure:
     """A grid of digits, ``ncols`` per row. One axes, one image."""
-    fig, ax = digit_axes(tile(images, ncols), top=0.4 if title else 0.05, cell_inches=cell_inches)
+    shape = shape_of(_numpy(images).shape[-1], image_shape)
+    fig, ax = digit_axes(
+        tile(images, ncols, image_shape=shape),
+        top=0.4 if title else 0.05,
+        cell_inches=cell_inches,
+        image_shape=shape,
+    )
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=10)
@@ -96,14 +134,19 @@ def image_grid(
 
 
 def reconstructions_figure(
-    originals: ArrayLike, recons: ArrayLike, pairs_per_row: int = 8
+    originals: ArrayLike,
+    recons: ArrayLike,
+    pairs_per_row: int = 8,
+    image_shape: Sequence[int] | None = None,
 ) -> Figure:
     """Originals x and reconstructions x̂ in alternating columns (x, x̂, x, x̂, ...)."""
     orig, rec = _numpy(originals), _numpy(recons)
     n = orig.shape[0]
     inter = np.stack([orig.reshape(n, -1), rec.reshape(n, -1)], axis=1).reshape(2 * n, -1)
-    fig, ax = digit_axes(tile(inter, 2 * pairs_per_row), top=0.65)
-    ax.set_xticks(_centres(2 * pairs_per_row, 2))
+    shape = shape_of(inter.shape[-1], image_shape)
+    canvas = tile(inter, 2 * pairs_per_row, image_shape=shape)
+    fig, ax = digit_axes(canvas, top=0.65, image_shape=shape)
+    ax.set_xticks(_centres(2 * pairs_per_row, 2, shape[1]))
     ax.set_xticklabels([r"$x$", r"$\hat{x}$"] * pairs_per_row, fontsize=10)
     ax.xaxis.tick_top()
     ax.set_yticks([])
@@ -115,16 +158,26 @@ def reconstructions_figure(
 
 
 def samples_figure(
-    samples: ArrayLike, ncols: int = 8, title: str = "Samples from the prior (decoder means)"
+    samples: ArrayLike,
+    ncols: int = 8,
+    title: str = "Samples from the prior (decoder means)",
+    image_shape: Sequence[int] | None = None,
 ) -> Figure:
     """Decoder means at z drawn from the prior. One axes, one image."""
-    return image_grid(samples, ncols=ncols, title=title)
+    return image_grid(samples, ncols=ncols, title=title, image_shape=image_shape)
 
 
-def class_grid_figure(samples: ArrayLike, num_classes: int, per_class: int) -> Figure:
+def class_grid_figure(
+    samples: ArrayLike,
+    num_classes: int,
+    per_class: int,
+    image_shape: Sequence[int] | None = None,
+) -> Figure:
     """Conditional samples: row k holds ``per_class`` samples generated for label k."""
-    fig, ax = digit_axes(tile(samples, per_class), top=0.4, left=0.85)
-    ax.set_yticks(_centres(num_classes, 2))
+    shape = shape_of(_numpy(samples).shape[-1], image_shape)
+    canvas = tile(samples, per_class, image_shape=shape)
+    fig, ax = digit_axes(canvas, top=0.4, left=0.85, image_shape=shape)
+    ax.set_yticks(_centres(num_classes, 2, shape[0]))
     ax.set_yticklabels([str(k) for k in range(num_classes)], fontsize=10)
     ax.set_ylabel("label y")
     ax.set_xticks([])
@@ -181,42 +234,58 @@ def _z_ticks(ax_axis, values: Sequence[float], centres: Sequence[float]) -> None
     ax_axis.set_ticks(np.interp(ticks, v[order], c[order]), [f"{t:g}" for t in ticks], fontsize=9)
 
 
-def _manifold_axes(ax, images: ArrayLike, z1: Sequence[float], z2: Sequence[float]) -> None:
+def _manifold_axes(
+    ax,
+    images: ArrayLike,
+    z1: Sequence[float],
+    z2: Sequence[float],
+    image_shape: Sequence[int] | None = None,
+) -> None:
     n1, n2 = len(z1), len(z2)
-    imgs = _as_images(images).reshape(n2, n1, -1)
+    imgs = _as_images(images, image_shape)
+    h, w = imgs.shape[1:]
+    imgs = imgs.reshape(n2, n1, h * w)
     # Row 0 of the canvas is the top: put the largest z2 there, as on a plot's y axis.
-    canvas = tile(imgs[::-1].reshape(n1 * n2, -1), n1, pad=0)
+    canvas = tile(imgs[::-1].reshape(n1 * n2, -1), n1, pad=0, image_shape=(h, w))
     _show(ax, canvas)
-    _z_ticks(ax.xaxis, z1, _centres(n1, 0))
-    _z_ticks(ax.yaxis, z2, _centres(n2, 0)[::-1])
+    _z_ticks(ax.xaxis, z1, _centres(n1, 0, w))
+    _z_ticks(ax.yaxis, z2, _centres(n2, 0, h)[::-1])
     ax.set_xlabel(r"$z_1$")
     ax.set_ylabel(r"$z_2$")
 
 
 def manifold_figure(
-    images: ArrayLike, z1: Sequence[float], z2: Sequence[float], title: str = ""
+    images: ArrayLike,
+    z1: Sequence[float],
+    z2: Sequence[float],
+    title: str = "",
+    image_shape: Sequence[int] | None = None,
 ) -> Figure:
     """Decoder means over a grid of z (z_dim = 2): one axes, one image.
 
-    ``images`` is [len(z2) * len(z1), 784]; image ``i * len(z1) + j`` is decoded at
+    ``images`` is [len(z2) * len(z1), D]; image ``i * len(z1) + j`` is decoded at
     z = (z1[j], z2[i]). Larger z2 is drawn higher up.
     """
     n1 = len(z1)
     side = min(8.0, max(4.0, n1 * 0.36))
     fig = Figure(figsize=(side + 0.6, side * len(z2) / n1 + 0.7))
     ax = fig.add_subplot()
-    _manifold_axes(ax, images, z1, z2)
+    _manifold_axes(ax, images, z1, z2, image_shape)
     ax.set_title(title or "Decoder means over a grid of z", fontsize=11)
     fig.tight_layout(pad=0.3)
     return fig
 
 
 def class_manifolds_figure(
-    images: ArrayLike, z1: ArrayLike, z2: ArrayLike, title: str = ""
+    images: ArrayLike,
+    z1: ArrayLike,
+    z2: ArrayLike,
+    title: str = "",
+    image_shape: Sequence[int] | None = None,
 ) -> Figure:
     """One manifold per label (conditional VAE, z_dim = 2): one axes and one image per label.
 
-    ``images`` is [num_classes, len(z2) * len(z1), 784], ordered as in ``manifold_figure``;
+    ``images`` is [num_classes, len(z2) * len(z1), D], ordered as in ``manifold_figure``;
     z1 and z2 are shared ([n]) or per label ([num_classes, n], e.g. around each p(z | y)).
     """
     imgs = _numpy(images)
@@ -233,7 +302,7 @@ def class_manifolds_figure(
         if k >= num_classes:
             ax.remove()
             continue
-        _manifold_axes(ax, imgs[k], z1s[k], z2s[k])
+        _manifold_axes(ax, imgs[k], z1s[k], z2s[k], image_shape)
         ax.set_title(f"y = {k}", fontsize=11)
         if shared and k + ncols < num_classes:  # same axes everywhere: label the outer ones
             ax.set_xlabel("")
@@ -274,25 +343,31 @@ def latent_scatter_figure(
 
 
 def interpolation_figure(
-    starts: ArrayLike, paths: ArrayLike, ends: ArrayLike, ts: Sequence[float], title: str = ""
+    starts: ArrayLike,
+    paths: ArrayLike,
+    ends: ArrayLike,
+    ts: Sequence[float],
+    title: str = "",
+    image_shape: Sequence[int] | None = None,
 ) -> Figure:
     """Rows of decoded points along straight lines in z between two test digits' codes.
 
-    starts, ends: [P, 784] the two test digits of each row; paths: [P, K, 784] decoder means
+    starts, ends: [P, D] the two test digits of each row; paths: [P, K, D] decoder means
     at z = (1 - t) z_start + t z_end for the K values ``ts``. One axes, one image.
     """
     s, p, e = _numpy(starts), _numpy(paths), _numpy(ends)
+    h, w = shape_of(s.shape[-1], image_shape)
     num_rows, k = p.shape[0], p.shape[1]
     # A blank column between each test digit and the decoded path sets them apart.
     blank = np.zeros((num_rows, 1, s.shape[-1]))
     rows = np.concatenate([s[:, None], blank, p.reshape(num_rows, k, -1), blank, e[:, None]], 1)
     ncols = k + 4
-    canvas = tile(rows.reshape(num_rows * ncols, -1), ncols)
-    gap_cols = _centres(ncols, 2)
+    canvas = tile(rows.reshape(num_rows * ncols, -1), ncols, image_shape=(h, w))
+    gap_cols = _centres(ncols, 2, w)
     for c in (1, ncols - 2):  # paint the blank columns white, gaps included
-        lo = int(gap_cols[c] - IMAGE_SIDE / 2) - 1
-        canvas[:, lo : lo + IMAGE_SIDE + 4] = 0.0
-    fig, ax = digit_axes(canvas, top=0.4, bottom=0.5)
+        lo = c * (w + 2) - 2
+        canvas[:, lo : lo + w + 4] = 0.0
+    fig, ax = digit_axes(canvas, top=0.4, bottom=0.5, image_shape=(h, w))
     labels = ["start"] + [""] + [f"{t:.1f}" for t in ts] + [""] + ["end"]
     ax.set_xticks(gap_cols, labels, fontsize=8)
     ax.set_yticks([])

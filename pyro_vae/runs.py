@@ -17,6 +17,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, VAEConfig
 from .data import MNISTData
+from .datasets import DatasetSpec, check_fits_data, check_same_dataset
 from .model import VAE
 
 CONFIG_NAME = "config.json"
@@ -124,14 +125,23 @@ def load_run(
     device: str | torch.device = "cpu",
     test_subset: int | None = None,
     vae: VAE | None = None,
+    *,
+    dataset: dict | None = None,
+    allow_other_dataset: bool = False,
 ) -> tuple[VAE, dict, MNISTData]:
     """A trained run, its checkpoint and its test set binarized as in training, on ``device``.
 
     ``test_subset``: the first N test images (0 = all); None = the run's own setting. ``vae``:
-    as for :func:`load_vae`.
+    as for :func:`load_vae`. ``dataset``: DatasetSpec fields (``dataset``, ``image_size``,
+    ``test_dataset``, ``test_fraction``) that replace the run's; data other than the run's
+    recorded ones (another name, or another test set hash) are refused unless
+    ``allow_other_dataset``. A model never takes images of another size.
     """
     vae, ckpt = load_vae(run_dir, device, vae)
     tc = TrainConfig.from_dict(ckpt["train_config"])
+    spec = DatasetSpec.of(tc, **(dataset or {}))
+    if not allow_other_dataset:  # before loading: another dataset may not even be on disk
+        check_same_dataset(ckpt.get("dataset"), {"name": spec.dataset}, str(run_dir))
     data = MNISTData.load(
         data_dir,
         vae.likelihood,
@@ -139,5 +149,16 @@ def load_run(
         device,
         train_subset=1,
         test_subset=tc.test_subset if test_subset is None else test_subset,
+        dataset=spec,
     )
+    if not allow_other_dataset:
+        check_same_dataset(ckpt.get("dataset"), data.dataset, str(run_dir))
+    check_fits_data(vae.config.x_dim, data.dataset, data.image_shape)
     return vae, ckpt, data
+
+
+def run_image_shape(ckpt: dict) -> tuple[int, int] | None:
+    """The (H, W) of the images a run was trained on; None for a run from before datasets were
+    recorded (square images: 28 x 28 for MNIST)."""
+    shape = ckpt.get("dataset", {}).get("image_shape")
+    return (int(shape[0]), int(shape[1])) if shape else None

@@ -49,7 +49,7 @@ class TensorBoardLog:
             self.writer.add_scalar(tag, value, epoch)
         if epoch == 1 or epoch % IMAGE_EVERY == 0:
             self.writer.add_image("images/reconstructions", self._reconstructions(vae, data), epoch)
-            self.writer.add_image("images/samples", self._samples(vae), epoch)
+            self.writer.add_image("images/samples", self._samples(vae, data.image_shape), epoch)
         self.writer.flush()
 
     @torch.no_grad()
@@ -57,26 +57,27 @@ class TensorBoardLog:
         """Originals (top row) above their reconstructions: [1, H, W] in [0, 1]."""
         x, y = data.test_x[: NUM_IMAGES // 2], data.test_y[: NUM_IMAGES // 2]
         recon = vae.reconstruct(x, y if vae.config.num_classes else None)
-        return _grid(torch.cat([x, recon]), ncols=NUM_IMAGES // 2)
+        return _grid(torch.cat([x, recon]), NUM_IMAGES // 2, data.image_shape)
 
     @torch.no_grad()
-    def _samples(self, vae: VAE) -> torch.Tensor:
+    def _samples(self, vae: VAE, shape: tuple[int, int]) -> torch.Tensor:
         device = next(vae.parameters()).device
         with seeded(IMAGE_SEED, device):
             if vae.config.num_classes:
                 y = torch.arange(NUM_IMAGES, device=device) % vae.config.num_classes
-                return _grid(vae.sample(y=y), ncols=NUM_IMAGES // 2)
-            return _grid(vae.sample(NUM_IMAGES), ncols=NUM_IMAGES // 2)
+                return _grid(vae.sample(y=y), NUM_IMAGES // 2, shape)
+            return _grid(vae.sample(NUM_IMAGES), NUM_IMAGES // 2, shape)
 
     def close(self) -> None:
         self.writer.close()
 
 
-def _grid(images: torch.Tensor, ncols: int, side: int = 28) -> torch.Tensor:
-    """[N, side*side] in [0, 1] -> one grey image [1, rows*side, ncols*side]."""
+def _grid(images: torch.Tensor, ncols: int, shape: tuple[int, int]) -> torch.Tensor:
+    """[N, H*W] in [0, 1] -> one grey image [1, rows*H, ncols*W]."""
+    h, w = shape
     n = images.shape[0]
     rows = -(-n // ncols)
-    padded = torch.zeros(rows * ncols, side * side, device=images.device)
+    padded = torch.zeros(rows * ncols, h * w, device=images.device)
     padded[:n] = images.clamp(0, 1)
-    tiles = padded.reshape(rows, ncols, side, side).permute(0, 2, 1, 3)
-    return tiles.reshape(1, rows * side, ncols * side).cpu()
+    tiles = padded.reshape(rows, ncols, h, w).permute(0, 2, 1, 3)
+    return tiles.reshape(1, rows * h, ncols * w).cpu()

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, VAEConfig
 from .data import MNISTData
+from .datasets import DatasetSpec, check_run_data
 from .device import resolve_device, synchronize
 from .distributed import World, epoch_order, epoch_seed
 from .elbo import OBJECTIVES
@@ -141,7 +142,9 @@ def train(
         device,
         train_subset=config.train_subset,
         test_subset=config.test_subset,
+        dataset=DatasetSpec.of(config),
     )
+    check_run_data(vae.config.x_dim, data, ckpt)
     # What Pyro's validation would check every step, checked once for the whole dataset.
     data.validate(vae.config.num_classes)
     if config.binarize == "auto":
@@ -155,6 +158,7 @@ def train(
         "train_config": config.to_dict(),
         "objects": vae.custom_objects(),
         "world_size": world.size,
+        "dataset": data.dataset,
     }
     with seeded(config.seed, device):
         vae.to(device)
@@ -190,6 +194,7 @@ def train(
                     "train": record["train_config"],
                     "objects": record["objects"],
                     **({"preset": preset} if preset else {}),
+                    "dataset": record["dataset"],
                 },
             )
             write_metrics(out, [])

@@ -61,6 +61,13 @@ def data_label(binarize: str | None, likelihood: Likelihood) -> str:
     )
 
 
+def dataset_name(data: str, source: str = "MNIST") -> str | None:
+    """``DATASETS[data]`` for the images of ``source`` (a dataset's title): "binarized
+    Fashion-MNIST", "8-bit KMNIST"; None when the numbers compare with nothing."""
+    name = DATASETS.get(data)
+    return name.replace("MNIST", source) if name is not None else None
+
+
 def dequantization_nats(num_dims: int) -> float:
     """D log 256: the change of variables from a density on (k + u) / 256 to P(k)."""
     return num_dims * math.log(256)
@@ -98,9 +105,9 @@ def in_units(
     return out
 
 
-def describe(data: str, num_dims: int) -> str:
+def describe(data: str, num_dims: int, source: str = "MNIST") -> str:
     """One line for a report, starting with the label: what the bits per dimension of
-    ``data`` are and what they compare with."""
+    ``data`` (images of ``source``) are and what they compare with."""
     if data == DEQUANTIZED:
         return (
             f"{data}: a density on (k + u) / 256; its bits/dim bound the 8-bit images' -log P, "
@@ -109,7 +116,7 @@ def describe(data: str, num_dims: int) -> str:
     if data == DISCRETE:
         return f"{data}: probabilities of the 256 pixel values; bits/dim of the 8-bit images"
     if data == BINARIZED:
-        return f"{data}: binarized MNIST, a dataset of its own; bits/dim not comparable to 8-bit"
+        return f"{data}: binarized {source}, a dataset of its own; bits/dim not comparable to 8-bit"
     if data in (GRAYSCALE, BINARIZED_DENSITY):
         return (
             f"{data}: a density on exact 0/1 pixels is unbounded; dequantize the pixels "

@@ -301,3 +301,22 @@ def test_saved_pngs_are_palette_images_that_keep_grey_exact_and_colours(tmp_path
         colour = np.asarray(im.convert("RGB")).astype(int)
     # The digits' colours survive the palette: some pixels are far from grey.
     assert (colour.max(-1) - colour.min(-1)).max() > 100
+
+
+def test_images_of_any_shape_tile_whole_and_a_wrong_shape_is_refused():
+    # Two 3x5 images, pixel values naming their position: each lands whole in its cell.
+    imgs = torch.arange(30, dtype=torch.float32).reshape(2, 15) / 30
+    canvas = plots.tile(imgs, ncols=2, pad=1, image_shape=(3, 5))
+    assert canvas.shape == (3, 11)
+    np.testing.assert_allclose(canvas[:, :5], imgs[0].reshape(3, 5).numpy())
+    np.testing.assert_allclose(canvas[:, 6:], imgs[1].reshape(3, 5).numpy())
+    assert plots.shape_of(256) == (16, 16) and plots.shape_of(784) == (28, 28)
+    with pytest.raises(ValueError, match="not square; pass image_shape"):
+        plots.tile(imgs, ncols=2)  # 15 pixels: no square side
+    with pytest.raises(ValueError, match="image_shape 4x4 does not hold images of 15 pixels"):
+        plots.samples_figure(imgs, image_shape=(4, 4))
+    fig = plots.interpolation_figure(
+        imgs, imgs[:, None].expand(2, 3, 15), imgs, [0.0, 0.5, 1.0], image_shape=(3, 5)
+    )
+    (image,) = fig.axes[0].get_images()
+    assert image.get_array().shape == (2 * 5 - 2, 7 * 7 - 2)  # 2 rows of 3 + 4 cells of 3x5
