@@ -372,12 +372,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-APP_EXTRA = (
-    'the explorer needs the [app] extra (Gradio): pip install -e ".[app]" in a checkout, '
-    'or pip install "pyro-vae[app]"'
-)
-
-
 def _add_serve_parser(sub) -> None:
     p = sub.add_parser(
         "serve",
@@ -399,14 +393,10 @@ def _add_serve_parser(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
-    # Gradio reads this at import; the Blocks also switch analytics off themselves.
+    from .serve import serve  # checks for Gradio (the [app] extra) before loading anything
+
+    # Gradio reads this; the page switches analytics off by itself as well.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    try:
-        from .serve import serve
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] == "gradio":
-            raise ValueError(APP_EXTRA) from None
-        raise
     serve(
         args.run_dir,
         args.data_dir,

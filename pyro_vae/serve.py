@@ -18,14 +18,27 @@ otherwise, never creates a share link and sends no analytics.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import socket
 import threading
+from typing import TYPE_CHECKING
 
-import gradio as gr
-
-from .app_page import build_explorer
 from .app_view import run_info
+
+if TYPE_CHECKING:  # Gradio is imported only once the page is built: the CLI and checks stay fast
+    import gradio as gr
+
+APP_EXTRA = (
+    'the explorer needs the [app] extra (Gradio): pip install -e ".[app]" in a checkout, '
+    'or pip install "pyro-vae[app]"'
+)
+
+
+def require_gradio() -> None:
+    """Raises ValueError naming the pip command when Gradio is not installed."""
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError(APP_EXTRA)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,12 +109,15 @@ def serve(
     open_browser: bool = False,
 ) -> None:
     """Loads a run directory and its test set (binarized as in training) and serves its explorer
-    until Ctrl-C. The port is checked before anything is loaded."""
+    until Ctrl-C. The port and the [app] extra are checked before anything is loaded."""
     from .checkpoint import load_run
     from .train import resolve_device
 
     port = port or free_port(host)
     check_port(host, port)
+    require_gradio()
+    from .app_page import build_explorer
+
     vae, ckpt, data = load_run(run_dir, data_dir, resolve_device(device), test_subset)
     demo = build_explorer(vae, data.test_x, data.test_y, run_info(run_dir, ckpt))
     launch(demo, host, port, open_browser=open_browser)
