@@ -32,7 +32,9 @@ from .app_view import (
 from .model import VAE
 
 NUM_SAMPLES = (1, 10, 100, 1000, 5000)  # the choices of K for scoring a drawing
-DEFAULT_NUM_SAMPLES = 1000
+# Default K: about 50 ms per drawing on one CPU thread for the default network (784-400-50);
+# the conditional VAE scores all 10 labels, so 100 there (benchmarks/explorer_latency.py).
+DEFAULT_NUM_SAMPLES = {False: 1000, True: 100}
 CANVAS = 280  # drawing canvas, pixels per side (10 per MNIST pixel)
 DIGIT = 28 * DIGIT_SCALE
 # The canvas posts a PNG of the drawing (white ink on black, as MNIST) when a stroke ends.
@@ -255,7 +257,7 @@ def build_explorer(
                 )
                 num_samples = gr.Radio(
                     list(NUM_SAMPLES),
-                    value=DEFAULT_NUM_SAMPLES,
+                    value=DEFAULT_NUM_SAMPLES[cond],
                     label="importance samples K",
                     elem_id="num-samples",
                 )
