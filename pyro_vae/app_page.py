@@ -183,7 +183,8 @@ def build_explorer(
     @_on_page
     def on_interpolate(i, j, t, label):
         i, j = int(i or 0), int(j or 0)
-        return _digit(ex.test_x[i]), _digit(ex.interpolate(i, j, t, label)), _digit(ex.test_x[j])
+        path = _digit(ex.interpolate(i, j, t, label))  # first: it checks the indices
+        return _digit(ex.test_x[i]), path, _digit(ex.test_x[j])
 
     @_on_page
     def on_random_pair(t, label):
@@ -204,7 +205,10 @@ def build_explorer(
 
     zero = [0.0] * k
     label0 = 0 if cond else None
-    with gr.Blocks(analytics_enabled=False, title="pyro-vae explorer") as demo:
+    # Every picture sent is a file in Gradio's cache: files older than an hour go, hourly.
+    with gr.Blocks(
+        analytics_enabled=False, title="pyro-vae explorer", delete_cache=(3600, 3600)
+    ) as demo:
         gr.Markdown("## Latent-space explorer\n" + describe_run(info), elem_id="run-info")
         residual, drawing_point = gr.State(None), gr.State(None)
         with gr.Row():

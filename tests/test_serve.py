@@ -309,7 +309,12 @@ def test_the_cvae_label_selector_changes_the_image_and_drawings_get_p_y_given_x(
 
 
 @pytest.mark.browser
-def test_problems_sees_console_errors(browser, pages):
+def test_problems_sees_console_errors_and_the_page_sends_no_analytics(browser, pages):
+    import json
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(pages["vae"] + "config", timeout=WAIT) as r:
+        assert json.load(r)["analytics_enabled"] is False
     # Negative control for the check the other browser tests end with.
     open_page(browser, pages["cvae"])
     problems(browser)
