@@ -224,6 +224,13 @@ def image_bytes(driver, elem_id: str, other_than: str | None = None) -> tuple[st
         return url, r.read()
 
 
+def slider_values(driver) -> list[float]:
+    from selenium.webdriver.common.by import By
+
+    boxes = driver.find_elements(By.CSS_SELECTOR, "[id^=slider-] input[type=number]")
+    return [float(e.get_attribute("value")) for e in boxes]
+
+
 def draw_stroke(driver) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -240,6 +247,7 @@ def draw_stroke(driver) -> None:
 def test_moving_the_pad_or_a_slider_changes_the_decoded_image(browser, pages):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     open_page(browser, pages["vae"])
     src0, before = image_bytes(browser, "decoded")
@@ -248,19 +256,22 @@ def test_moving_the_pad_or_a_slider_changes_the_decoded_image(browser, pages):
     src1, after_pad = image_bytes(browser, "decoded", other_than=src0)
     assert after_pad != before
     # the click set the first two sliders to the point clicked: up and to the right
-    values = [
-        float(e.get_attribute("value"))
-        for e in browser.find_elements(
-            By.CSS_SELECTOR, "#slider-0 input[type=number], #slider-1 input[type=number]"
-        )
-    ]
-    assert values[0] > 0 and values[1] > 0, values
+    assert slider_values(browser)[0] > 0 and slider_values(browser)[1] > 0
+    # dragging: held down, the pointer moves to the lower left and lets go there
+    drag = ActionChains(browser).move_to_element_with_offset(pad, 100, -100).click_and_hold()
+    for _ in range(4):
+        drag = drag.move_by_offset(-50, 50).pause(0.1)
+    drag.release().perform()
+    WebDriverWait(browser, WAIT).until(
+        lambda d: slider_values(d)[0] < 0 and slider_values(d)[1] < 0
+    )
+    src2, after_drag = image_bytes(browser, "decoded", other_than=src1)
     slider = browser.find_element(By.CSS_SELECTOR, "#slider-2 input[type=range]")
     ActionChains(browser).move_to_element_with_offset(
         slider, -slider.size["width"] // 2 + 5, 0
     ).click().perform()
-    _, after_slider = image_bytes(browser, "decoded", other_than=src1)
-    assert after_slider not in (before, after_pad)
+    _, after_slider = image_bytes(browser, "decoded", other_than=src2)
+    assert len({before, after_pad, after_drag, after_slider}) == 4
     assert problems(browser) == []
 
 
