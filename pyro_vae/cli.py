@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     _add_plot_parser(sub)
     _add_sample_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -348,12 +349,56 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="explore a run's latent space live in the browser (needs the [app] extra)",
+        description="Serves a page to decode points of the latent space, draw a digit and score "
+        "it, and interpolate between test images. Binds to 127.0.0.1 unless --host says "
+        "otherwise; never creates a share link; no analytics.",
+    )
+    p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
+    add_data_args(p, from_run=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=NONNEGATIVE, default=7860, help="port (default 7860; 0: a free one)"
+    )
+    p.add_argument(
+        "--test-subset",
+        type=NONNEGATIVE,
+        default=None,
+        help="first N test images (default: the run's)",
+    )
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from .serve import serve  # checks for Gradio (the [app] extra) before loading anything
+
+    # Gradio reads this; the page switches analytics off by itself as well.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    serve(
+        args.run_dir,
+        args.data_dir,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        test_subset=args.test_subset,
+        open_browser=args.open,
+        dataset=data_options(args),
+        allow_other_dataset=args.allow_other_dataset,
+    )
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "compare-elbo": cmd_compare_elbo,
     "plot": cmd_plot,
     "sample": cmd_sample,
+    "serve": cmd_serve,
 }
 
 
