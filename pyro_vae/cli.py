@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=POSITIVE, default=100, help="test images per NLL batch (default 100)"
     )
     e.add_argument(
+        "--step",
+        choices=["eager", "fx", "compiled"],
+        default="eager",
+        help="the NLL's chunks of samples: Pyro every chunk (eager), or one chunk traced once "
+        "and replayed (fx) or compiled by inductor (compiled)",
+    )
+    e.add_argument(
         "--samples-per-class",
         type=NONNEGATIVE,
         default=1000,
@@ -107,7 +114,11 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
 
     with seeded(args.seed, device):
         return evaluate_log_likelihood(
-            vae, data.test_batches(args.batch_size), args.num_samples, binarize=data.binarize
+            vae,
+            data.test_batches(args.batch_size),
+            args.num_samples,
+            binarize=data.binarize,
+            step=args.step,
         )
 
 

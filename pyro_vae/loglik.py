@@ -25,10 +25,11 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
-from torch import Tensor
+from torch import Tensor, nn
 
 from .evaluate import labels_for
 from .model import VAE
+from .tracing import ReplayedForward
 from .units import data_label, in_units
 
 SAMPLE_PLATE = "importance_samples"
@@ -95,23 +96,47 @@ def log_weights(
 
 
 def log_marginal(
-    model: Callable, guide: Callable, *args, num_samples: int, chunk_size: int | None = None
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int,
+    chunk_size: int | None = None,
+    full_chunk: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """log p(x) (or log p(x | y)) per image, importance-sampled with K = ``num_samples``: [B].
 
     Chunked over K: logsumexp over all K is the logsumexp of the per-chunk logsumexps, so
-    only a [num_chunks, B] tensor outlives each chunk.
+    only a [num_chunks, B] tensor outlives each chunk. ``full_chunk(*args)``, when given,
+    computes a chunk of ``chunk_size`` (a replayed graph of it, say); a last, smaller chunk
+    runs through Pyro as usual.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     chunk = chunk_size or num_samples
     if chunk < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk}")
-    partial = [
-        log_weights_chunk(model, guide, *args, num_samples=min(chunk, num_samples - s)).logsumexp(0)
-        for s in range(0, num_samples, chunk)
-    ]
+    partial = []
+    for start in range(0, num_samples, chunk):
+        n = min(chunk, num_samples - start)
+        if full_chunk is not None and n == chunk:
+            partial.append(full_chunk(*args))
+        else:
+            partial.append(log_weights_chunk(model, guide, *args, num_samples=n).logsumexp(0))
     return torch.stack(partial).logsumexp(0) - math.log(num_samples)
+
+
+class ChunkLogSumExp(nn.Module):
+    """logsumexp over ``num_samples`` log-weights of each image, [B]: one chunk of
+    :func:`log_marginal` as a module, so it can be traced and replayed (``tracing.py``)."""
+
+    def __init__(self, vae: VAE, num_samples: int) -> None:
+        super().__init__()
+        self.vae = vae
+        self.num_samples = num_samples
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        lw = log_weights_chunk(self.vae.model, self.vae.guide, x, y, num_samples=self.num_samples)
+        return lw.logsumexp(0)
 
 
 def iw_bound(log_w: Tensor, k: int) -> Tensor:
@@ -142,8 +167,13 @@ def evaluate_log_likelihood(
     *,
     binarize: str | None = None,
     all_reduce: Callable[[Tensor], Tensor] | None = None,
+    step: str = "eager",
 ) -> dict:
     """Test NLL = -log p(x) (nats per image, mean over ``batches``), K = ``num_samples``.
+
+    ``step``: "eager" runs the Pyro model and guide for every chunk of samples; "fx" or
+    "compiled" trace one chunk once and replay it (``tracing.ReplayedForward``), which pays
+    when K is large: K = 5000 is hundreds of chunks per batch.
 
     Returns the mean NLL, its standard error over images, the number of images and the seconds
     taken (device synchronized). For the conditional VAE the value is -log p(x | y). With the
@@ -157,10 +187,23 @@ def evaluate_log_likelihood(
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     _sync(device)
     t0 = time.perf_counter()
+    replayed: dict[int, ReplayedForward] = {}
     for x, y in batches:
         chunk = chunk_size or auto_chunk_size(num_samples, x.shape[0], width, x.device)
+        labels = labels_for(vae, y)
+        full_chunk = None
+        if step != "eager" and num_samples >= 2 * chunk:
+            if chunk not in replayed:
+                replayed[chunk] = ReplayedForward(ChunkLogSumExp(vae, chunk), step)
+            full_chunk = replayed[chunk]
+        args = (x,) if labels is None else (x, labels)
         lp = log_marginal(
-            vae.model, vae.guide, x, labels_for(vae, y), num_samples=num_samples, chunk_size=chunk
+            vae.model,
+            vae.guide,
+            *args,
+            num_samples=num_samples,
+            chunk_size=chunk,
+            full_chunk=full_chunk,
         )
         lp = lp.double()
         sums += torch.stack([lp.sum(), lp.square().sum(), torch.tensor(lp.numel(), device=device)])

@@ -24,18 +24,17 @@ validation as it is: tracing changes no setting outside its own block.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pyro
 import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .elbo import objective_terms
 from .model import VAE
+from .tracing import compile_graph, tracing_context
 
 STEPS = ("eager", "fx", "compiled", "cudagraph")
 
@@ -103,37 +102,6 @@ class EagerStep:
         self.optimizer.step()
         value = loss.detach() / self.loss_scale
         return torch.stack([value, recon, kl]), ~value.isfinite()
-
-
-@contextlib.contextmanager
-def tracing_context() -> Iterator[None]:
-    """What tracing needs, scoped to the block so the user's session is untouched:
-
-    - validation off (its checks are host reads in Python ``if`` s);
-    - an empty, temporary param store: in Pyro's default mode a PyroModule swaps in a stored
-      tensor of the same name, which would replace the traced parameter with a constant;
-    - torch's RNG forked, so tracing draws nothing from the run's random stream (a resumed run
-      then draws exactly what an uninterrupted one does).
-    """
-    with (
-        pyro.validation_enabled(False),
-        pyro.get_param_store().scope(),
-        torch.random.fork_rng(
-            devices=list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        ),
-    ):
-        yield
-
-
-@contextlib.contextmanager
-def keep_validation_settings() -> Iterator[None]:
-    """torch.compile's first use switches torch.distributions validation off for the whole
-    process (torch._dynamo's TorchPatcher); this puts back what the user had."""
-    torch_default = torch.distributions.Distribution._validate_args
-    try:
-        yield
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(torch_default)
 
 
 def trace_step(loss: ELBOLoss, x: Tensor, y: Tensor | None) -> torch.fx.GraphModule:
@@ -210,7 +178,8 @@ class TracedStep:
             self.graph = gm
         elif self.backend == "compiled":
             try:
-                self.graph = _compile(gm, self.params, self.buffers, x, y)
+                inputs = (x, *([y] if y is not None else []))
+                self.graph = compile_graph(gm, self.params, self.buffers, *inputs)
             except Exception as e:  # noqa: BLE001 - no compiler here: replay the graph instead
                 if not self.fall_back_to_fx:
                     raise
@@ -247,19 +216,6 @@ class TracedStep:
             p.grad = g
         self.optimizer.step()
         return metrics, bad
-
-
-def _compile(
-    gm: torch.fx.GraphModule, params: list[Tensor], buffers: list[Tensor], x: Tensor, y
-) -> Callable:
-    """The traced graph compiled by inductor, compiled now (on a forked RNG) so the first
-    training step is a plain step."""
-    with keep_validation_settings():
-        compiled = torch.compile(gm, fullgraph=True, dynamic=False)
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            compiled(params, buffers, x, *([y] if y is not None else []))
-    return compiled
 
 
 def _no_buffer_sync() -> dict:

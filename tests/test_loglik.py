@@ -256,3 +256,20 @@ def test_nll_lies_below_the_elbo_in_bits_per_dim_on_8_bit_data(likelihood):
     else:
         wrong = bits_per_dim(nll["neg_log_likelihood"] + dequantization_nats(x_dim), x_dim)
         assert wrong > elbo["bits_per_dim"] + 10 * margin
+
+
+@pytest.mark.parametrize("pyro_local", [False, True])
+def test_replayed_chunks_give_the_eager_log_likelihood_on_the_same_draws(pyro_local):
+    """The traced chunk of samples draws what Pyro draws: the same seed, the same NLL."""
+    pyro.settings.set(module_local_params=pyro_local)
+    torch.manual_seed(0)
+    vae = VAE(z_dim=3, hidden_dims=(16,), num_classes=10)
+    x = torch.bernoulli(torch.full((8, 784), 0.2))
+    batches = [(x[:4], torch.arange(4)), (x[4:], torch.arange(4, 8))]
+    results = {}
+    for step in ("eager", "fx"):
+        torch.manual_seed(3)
+        # 50 samples in chunks of 8: six replayed chunks and a last one of 2, run eagerly.
+        r = evaluate_log_likelihood(vae, batches, num_samples=50, chunk_size=8, step=step)
+        results[step] = r["neg_log_likelihood"]
+    assert results["fx"] == pytest.approx(results["eager"], rel=1e-6)
