@@ -57,3 +57,12 @@ def binary_batch() -> torch.Tensor:
     """A small synthetic batch of 0/1 images [8, 784]."""
     g = torch.Generator().manual_seed(123)
     return torch.bernoulli(torch.full((8, 784), 0.3), generator=g)
+
+
+def assert_one_line_error(code: int, err: str, expected: str) -> None:
+    """What every bad input must give: exit code 2 and one line on stderr, no traceback,
+    saying ``expected``."""
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("pyro-vae") and ": error: " in err and "Traceback" not in err
+    assert expected in err, err

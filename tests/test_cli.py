@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 
 from pyro_vae.cli import COMMANDS, main
 from pyro_vae.data import MNIST_FILES
@@ -259,11 +260,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
             argv += ["--data-dir", str(places["DATA"])]
     before = _snapshot(places["RUN"])
     code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("pyro-vae") and ": error: " in err and "Traceback" not in err
-    assert expected in err, err
+    assert_one_line_error(code, capsys.readouterr().err, expected)
     assert _snapshot(places["RUN"]) == before
     assert not (places["EMPTY"] / "new" / "checkpoint.pt").exists()
 

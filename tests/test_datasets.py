@@ -11,6 +11,7 @@ import re
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from synthetic import (
     canvas_fits,
     images,
@@ -381,10 +382,6 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
     argv += ["--device", "cpu", "--data-dir", str(data["idx"])]
     before = _snapshot(places["RUN"])
     code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("pyro-vae") and ": error: " in err and "Traceback" not in err
-    assert expected in err, err
+    assert_one_line_error(code, capsys.readouterr().err, expected)
     assert _snapshot(places["RUN"]) == before
     assert not (places["EMPTY"] / "new").exists()
