@@ -18,7 +18,6 @@ import json
 import time
 from pathlib import Path
 
-import pyro
 import torch
 
 from pyro_vae import VAE, TrainConfig, VAEConfig
@@ -104,8 +103,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iw-subset", type=int, default=100, help="test images for the IW bound")
     args = p.parse_args(argv)
 
-    # Parameters live in the modules (plain state dicts), not in Pyro's global param store.
-    pyro.settings.set(module_local_params=True)
     device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

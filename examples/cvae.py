@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import pyro
-
 from pyro_vae import TrainConfig, VAEConfig, train
 from pyro_vae.data import default_data_dir
 
@@ -30,7 +28,6 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=0, help="first N test images (0 = all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = p.parse_args()
-    pyro.settings.set(module_local_params=True)
 
     metrics = train(
         VAEConfig(z_dim=args.z_dim, num_classes=10, prior=args.prior),

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import pyro
-
 from pyro_vae import TrainConfig, VAEConfig, train
 from pyro_vae.data import default_data_dir
 from pyro_vae.figures import GRID_EXTENT, GRID_SIZE, plot_run
@@ -34,8 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    # Parameters live in the modules (plain state dicts), not in Pyro's global param store.
-    pyro.settings.set(module_local_params=True)
     config = TrainConfig(
         data_dir=args.data_dir,
         out=args.out,

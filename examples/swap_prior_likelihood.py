@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pyro
 import torch
 from matplotlib.figure import Figure
 
@@ -83,7 +82,6 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=0)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
-    pyro.settings.set(module_local_params=True)
 
     out = Path(args.out)
     rows, samples = [], {}

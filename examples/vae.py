@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import pyro
-
 from pyro_vae import TrainConfig, VAEConfig, train
 from pyro_vae.data import default_data_dir
 
@@ -30,8 +28,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    # Parameters live in the modules (plain state dicts), not in Pyro's global param store.
-    pyro.settings.set(module_local_params=True)
     config = TrainConfig(
         data_dir=args.data_dir,
         out=args.out,
