@@ -64,8 +64,17 @@ TRAIN_OPTIONS = (
     *DATA_OPTIONS,
 )
 # What --resume accepts besides itself (everything else is the run's).
-RESUME_OPTIONS = ("epochs", "data_dir", "device", "step", "tensorboard", "no_progress", "out")
 # (test_iw_samples is an evaluation, not training: a resumed run may change it too.)
+RESUME_OPTIONS = (
+    "epochs",
+    "data_dir",
+    "device",
+    "step",
+    "tensorboard",
+    "test_iw_samples",
+    "no_progress",
+    "out",
+)
 
 
 def _num_classes(s: str) -> int | str:
@@ -175,7 +184,7 @@ def add_train_parser(sub) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out to --epochs; only --epochs, --data-dir, --device, "
-        "--step and --tensorboard may be given (the run keeps its other settings)",
+        "--step, --tensorboard and --test-iw-samples may be given (the run keeps the rest)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -239,11 +248,11 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(
             f"--resume keeps the run's settings, but {', '.join(differ)}; drop "
             f"{'it' if len(differ) == 1 else 'them'} (only --epochs, --data-dir, --device, "
-            "--step and --tensorboard may change), or train a new run with another --out"
+            "--step, --tensorboard and --test-iw-samples may change), or train a new run"
         )
     train_fields = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
     given = {k: getattr(args, k) for k in ("data_dir", "device", "out")}
-    for k in ("epochs", "step", "tensorboard"):
+    for k in ("epochs", "step", "tensorboard", "test_iw_samples"):
         if k in args.typed:
             given[k] = getattr(args, k)
     return TrainConfig.from_dict({**train_fields, **given})

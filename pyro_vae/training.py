@@ -39,7 +39,7 @@ EVAL_BATCH = 1000
 IW_BATCH = 100
 # What a resumed run may change: the length of the run and where and how it runs. The rest
 # (model, data, optimizer, objective, seed) is the run's.
-RESUMABLE = ("epochs", "data_dir", "device", "out", "step", "tensorboard")
+RESUMABLE = ("epochs", "data_dir", "device", "out", "step", "tensorboard", "test_iw_samples")
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
