@@ -29,15 +29,21 @@ PASSES = 3280
 def load(run: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    evaluation = run / "eval.json"
-    nll = None
-    if evaluation.exists():
-        report = json.loads(evaluation.read_text())
-        nll = report.get("log_likelihood") and {
-            **report["log_likelihood"],
-            "epoch": report["epoch"],
-        }
-    return {"name": run.name, "config": config["train"], "metrics": rows, "nll": nll}
+    # eval.json is the latest `pyro-vae evaluate`; eval-EPOCH.json files keep earlier ones.
+    evaluations = {}
+    for path in sorted(run.glob("eval*.json")):
+        report = json.loads(path.read_text())
+        nll = report.get("log_likelihood")
+        if nll and nll["num_samples"] == 5000 and nll["num_images"] == 10000:
+            evaluations[report["epoch"]] = {**report["log_likelihood"], "epoch": report["epoch"]}
+    nll = evaluations[max(evaluations)] if evaluations else None
+    return {
+        "name": run.name,
+        "config": config["train"],
+        "metrics": rows,
+        "nll": nll,
+        "evaluations": [evaluations[e] for e in sorted(evaluations)],
+    }
 
 
 def paper_value(run: dict) -> float | None:
@@ -85,11 +91,20 @@ def figure(runs: list[dict]) -> Figure:
             ms=4,
         )
         line.set_label(f"{r['name']}: test -ELBO (line), -L_100 at stage ends (dots)")
+        if r["evaluations"]:
+            ax.plot(
+                [e["epoch"] for e in r["evaluations"]],
+                [e["neg_log_likelihood"] for e in r["evaluations"]],
+                "*",
+                color=line.get_color(),
+                ms=10,
+                label=f"{r['name']}: test NLL, K = 5000",
+            )
         paper = paper_value(r)
         if paper is not None:
             ax.axhline(paper, color=line.get_color(), ls=":", lw=1)
     ax.set_xscale("log")
-    ax.set_xlabel("passes over the training set (log scale); stages end at 1, 4, 13, 40, 121")
+    ax.set_xlabel("passes over the training set (log scale); stages end at 1, 4, 13, 40, 121, 364")
     ax.set_ylabel("nats per test image")
     ax.set_title("IWAE paper protocol on MNIST: test bounds against passes (dotted: paper's NLL)")
     ax.legend(fontsize=8)

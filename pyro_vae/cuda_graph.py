@@ -5,7 +5,8 @@ random draws are graph-safe (PyTorch's CUDA generator advances its Philox offset
 replay), the optimizer must be ``torch.optim.Adam(..., capturable=True)`` so its step count
 lives on the device, and nothing reads back to the host. Capture needs a few warm-up steps on
 a side stream (allocator and lazy initialization); the parameters and optimizer state are
-restored after them, so the warm-up leaves no trace in training.
+restored after them, and its random draws come from a forked generator, so the warm-up leaves
+no trace in training.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ class CapturedStep:
         saved = _snapshot(params, optimizer)
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
+        # The warm-up's draws come from a forked generator: a run that builds the graph (the
+        # first epoch, or the first after a resume) then draws what an uninterrupted run draws.
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index], device_type="cuda"), torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 self._step()
         torch.cuda.current_stream(x.device).wait_stream(side)

@@ -70,6 +70,11 @@ def init_world(device_name: str) -> tuple[World, str]:
     cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device_name} but no CUDA GPU is visible; use --device cpu")
+    if device_name.startswith("cuda:"):
+        raise ValueError(
+            f"--device {device_name} under torchrun: LOCAL_RANK picks each process's GPU; "
+            "pass --device cuda (and CUDA_VISIBLE_DEVICES to choose the node's GPUs)"
+        )
     if cuda:
         if local >= torch.cuda.device_count():
             raise ValueError(

@@ -145,8 +145,10 @@ def train(
         dataset=DatasetSpec.of(config),
     )
     check_run_data(vae.config.x_dim, data, ckpt)
-    # What Pyro's validation would check every step, checked once for the whole dataset.
-    data.validate(vae.config.num_classes)
+    # What Pyro's validation would check every step, checked once for the whole dataset (its
+    # binarization draws come from a seeded block, not from the caller's generator).
+    with seeded(config.seed, device):
+        data.validate(vae.config.num_classes)
     if config.binarize == "auto":
         config.binarize = data.binarize
     steps_per_epoch = data.num_batches(config.batch_size)
@@ -182,6 +184,7 @@ def train(
                 )
             # Drops epochs the checkpoint does not have (a crash between the two writes).
             metrics = read_metrics(out, up_to=start_epoch)
+            world.barrier()  # every rank has read the file before rank 0 rewrites it
             if world.is_main:
                 write_metrics(out, metrics)
             if start_epoch >= config.epochs:

@@ -125,10 +125,12 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.mnist
 @pytest.mark.multiprocess
 def test_torchrun_trains_writes_rank_zero_files_and_resumes_exactly(mnist_dir, tmp_path):
+    # 650 images at batch 100: six global batches through the replayed graph and its flat
+    # all-reduce, and a last one of 50 (25 per rank) through the eager step's DDP wrapper.
     def train(out: str, *extra: str) -> subprocess.CompletedProcess:
         proc = torchrun(
             "train", "--data-dir", str(mnist_dir), "--out", out, "--device", "cpu",
-            "--train-subset", "600", "--test-subset", "200", "--batch-size", "100",
+            "--train-subset", "650", "--test-subset", "200", "--batch-size", "100",
             "--z-dim", "4", "--hidden-dims", "32", "--no-progress", "--step", "fx", *extra,
             cwd=tmp_path,
         )  # fmt: skip
@@ -152,3 +154,15 @@ def test_torchrun_trains_writes_rank_zero_files_and_resumes_exactly(mnist_dir, t
     a, b = load_checkpoint(straight), load_checkpoint(tmp_path / "stopped")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_torchrun_refuses_a_gpu_index(monkeypatch):
+    """Under torchrun LOCAL_RANK picks the GPU: ``--device cuda:1`` would put every rank on one
+    GPU, so it is refused with the fix (checked before any process group is joined)."""
+    from pyro_vae.distributed import init_world
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="LOCAL_RANK picks each process's GPU; pass --device cuda"):
+        init_world("cuda:1")

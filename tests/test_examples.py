@@ -54,3 +54,55 @@ def test_example_runs(name, mnist_dir, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert out.is_dir() and any(out.rglob("*")), f"{name} wrote nothing into --out"
+    if name == "swap_prior_likelihood.py":
+        check_swap_sections(proc.stdout)
+    if name == "custom_prior.py":
+        check_custom_prior(proc.stdout, out)
+
+
+def check_custom_prior(stdout: str, out: Path) -> None:
+    """The custom-prior run resumed (one metrics line per epoch, epochs 1 and 2), printed a
+    finite NLL and wrote the figures it names."""
+    import json
+    import math
+    import re
+
+    assert "-- restarting" in stdout, stdout
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line)["epoch"] for line in lines]
+    assert epochs == [1, 2], epochs
+    nll = re.search(r"test NLL (\S+) \+- ", stdout)
+    assert nll and math.isfinite(float(nll.group(1))), stdout
+    written = [Path(line[6:]) for line in stdout.splitlines() if line.startswith("wrote ")]
+    assert written and all(p.suffix == ".png" and p.stat().st_size > 0 for p in written), stdout
+
+
+def check_swap_sections(stdout: str) -> None:
+    """The swap table never puts the binarized Bernoulli row beside the 8-bit rows."""
+    sections = {}
+    for block in stdout.split("\n== ")[1:]:
+        header, _, body = block.partition(" ==")
+        rows = [line.split() for line in body.splitlines() if line[:1].isalpha()]
+        sections[header] = [row for row in rows if len(row) >= 9]  # the table's rows
+    assert set(sections) == {"8-bit MNIST", "binarized MNIST"}, stdout
+    likelihoods = {k: {row[1] for row in rows if row[0] != "prior"} for k, rows in sections.items()}
+    assert likelihoods["binarized MNIST"] == {"bernoulli"}, stdout
+    assert likelihoods["8-bit MNIST"] == {"continuous-bernoulli", "discretized-logistic"}, stdout
+
+
+def test_swap_sections_check_can_fail():
+    """Negative control: a table mixing the datasets in one section is caught."""
+    header = "prior likelihood data -ELBO KL NLL b/d b/d s/epoch KL used\n"
+    row = "normal {} data 1 1 1 1 1 1 analytic\n"
+    good = (
+        f"\n== 8-bit MNIST ==\n{header}"
+        + row.format("continuous-bernoulli")
+        + row.format("discretized-logistic")
+        + f"\n== binarized MNIST ==\n{header}"
+        + row.format("bernoulli")
+    )
+    check_swap_sections(good)
+    # the binarized Bernoulli row also among the 8-bit rows
+    mixed = good.replace("\n== binarized", row.format("bernoulli") + "\n== binarized")
+    with pytest.raises(AssertionError):
+        check_swap_sections(mixed)
