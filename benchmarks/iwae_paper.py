@@ -35,7 +35,13 @@ def load(run: Path) -> dict:
         report = json.loads(path.read_text())
         nll = report.get("log_likelihood")
         if nll and nll["num_samples"] == 5000 and nll["num_images"] == 10000:
-            evaluations[report["epoch"]] = {**report["log_likelihood"], "epoch": report["epoch"]}
+            elbos = report.get("elbo", [])
+            trace = [e["neg_elbo"] for e in elbos if e["estimator"] == "Trace_ELBO"]
+            evaluations[report["epoch"]] = {
+                **nll,
+                "epoch": report["epoch"],
+                "neg_elbo": trace[0] if trace else None,
+            }
     nll = evaluations[max(evaluations)] if evaluations else None
     return {
         "name": run.name,
@@ -66,11 +72,14 @@ def table(runs: list[dict]) -> str:
         shown = f"{nll['neg_log_likelihood']:.2f} ± {nll['std_error']:.2f}" if nll else "–"
         if nll and nll.get("epoch") not in (None, last["epoch"]):
             shown += f" (after {nll['epoch']})"
+        # The test -ELBO of `pyro-vae evaluate` at the evaluated epoch, else the last epoch's.
+        at_nll = nll and nll.get("neg_elbo") is not None and nll["epoch"] == last["epoch"]
+        neg_elbo = nll["neg_elbo"] if at_nll else last["test_neg_elbo"]
         seconds = sum(m["seconds"] for m in r["metrics"]) / len(r["metrics"])
         paper = paper_value(r)
         lines.append(
             f"| `{r['name']}` | {objective} | {last['epoch']} | {shown} | "
-            f"{last['test_neg_elbo']:.2f} | {seconds:.1f} | "
+            f"{neg_elbo:.2f} | {seconds:.1f} | "
             f"{paper if paper is not None else '–'} |"
         )
     return "\n".join(lines)
