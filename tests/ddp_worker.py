@@ -17,14 +17,24 @@ from pyro_vae.step import ELBOLoss, build_step
 NUM_IMAGES = 11  # an uneven global batch: shards of 6 and 5
 
 
-def tiny_vae() -> VAE:
+def tiny_vae(kind: str = "vae") -> VAE:
+    """``vae``: N(0, I) and Bernoulli. ``cvae``: the conditional VAE with a learnable
+    label-conditioned prior and a Gaussian likelihood with a learned scale."""
     torch.manual_seed(0)  # the same start on every rank (DDP would broadcast rank 0's anyway)
+    if kind == "cvae":
+        return VAE(
+            z_dim=3, hidden_dims=(8,), num_classes=3, prior="conditional", likelihood="gaussian"
+        )
     return VAE(z_dim=3, hidden_dims=(8,))
 
 
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(5)
     return torch.bernoulli(torch.full((NUM_IMAGES, 784), 0.3), generator=g)
+
+
+def labels(kind: str) -> torch.Tensor | None:
+    return torch.arange(NUM_IMAGES) % 3 if kind == "cvae" else None
 
 
 def noise_seed(rank: int) -> int:
@@ -41,6 +51,16 @@ def run(rank: int, size: int, port: int, out: str) -> None:
     world = World(rank=rank, size=size)
     x = torch.tensor_split(images(), size)[rank]
     results = {}
+    # The conditional VAE with learnable prior and likelihood parameters: DDP's and the traced
+    # step's gradients (compared with the single-process gradient by the test).
+    y = torch.tensor_split(labels("cvae"), size)[rank]
+    for kind in ("eager", "fx"):
+        vae = tiny_vae("cvae")
+        sgd = torch.optim.SGD(vae.parameters(), lr=0.0)
+        step = build_step(vae, sgd, TrainConfig(), kind, world)
+        torch.manual_seed(noise_seed(rank))
+        step(x, y)
+        results[f"cvae-{kind}"] = _grads(vae)
     # The gradient after DDP's backward, and the two ways to get it wrong (negative controls).
     for variant in ("ddp", "bypass", "no-scale"):
         vae = tiny_vae()

@@ -67,14 +67,17 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
-def single_process_gradient() -> list[torch.Tensor]:
+def single_process_gradient(kind: str = "vae") -> list[torch.Tensor]:
     """One process: the loss of every shard with that rank's draws, summed, differentiated."""
-    vae = ddp_worker.tiny_vae()
+    vae = ddp_worker.tiny_vae(kind)
     loss = ELBOLoss(vae, "trace")
     total = 0.0
-    for rank, x in enumerate(torch.tensor_split(ddp_worker.images(), WORLD)):
+    xs = torch.tensor_split(ddp_worker.images(), WORLD)
+    labels = ddp_worker.labels(kind)
+    ys = torch.tensor_split(labels, WORLD) if labels is not None else [None] * WORLD
+    for rank, (x, y) in enumerate(zip(xs, ys, strict=True)):
         torch.manual_seed(ddp_worker.noise_seed(rank))
-        total = total + loss(x, None)[0]
+        total = total + loss(x, y)[0]
     return list(torch.autograd.grad(total, list(vae.parameters())))
 
 
@@ -87,6 +90,17 @@ def equal_to_single_process(grads: list[torch.Tensor], expected: list[torch.Tens
 @pytest.mark.parametrize("variant", ["ddp", "traced"])
 def test_each_ranks_gradient_is_the_single_process_gradient(ranks, variant):
     expected = single_process_gradient()
+    for rank in range(WORLD):
+        assert equal_to_single_process(ranks[rank][variant], expected), (variant, rank)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("variant", ["cvae-eager", "cvae-fx"])
+def test_the_conditional_vae_with_learned_prior_and_likelihood_too(ranks, variant):
+    """Labels sharded with the images; the conditional prior's and the Gaussian likelihood's
+    parameters get the single-process gradient like the networks' (DDP's and the traced step)."""
+    expected = single_process_gradient("cvae")
+    assert len(expected) > len(single_process_gradient("vae"))  # the learnable prior, the scale
     for rank in range(WORLD):
         assert equal_to_single_process(ranks[rank][variant], expected), (variant, rank)
 
