@@ -24,6 +24,7 @@ from .config import (
     DECODER_BIAS_INITS,
     ELBO_CHOICES,
     LR_SCHEDULES,
+    RESUMABLE,
     STEP_CHOICES,
     TrainConfig,
     VAEConfig,
@@ -63,18 +64,12 @@ TRAIN_OPTIONS = (
     "tensorboard",
     *DATA_OPTIONS,
 )
-# What --resume accepts besides itself (everything else is the run's).
-# (test_iw_samples is an evaluation, not training: a resumed run may change it too.)
-RESUME_OPTIONS = (
-    "epochs",
-    "data_dir",
-    "device",
-    "step",
-    "tensorboard",
-    "test_iw_samples",
-    "no_progress",
-    "out",
-)
+# What --resume accepts besides itself: the library's RESUMABLE fields and --no-progress
+# (everything else is the run's). --data-dir, --device and --out always come from the command
+# line; the others only when typed.
+RESUME_OPTIONS = (*RESUMABLE, "no_progress")
+_ALWAYS_GIVEN = ("data_dir", "device", "out")
+_RESUME_FLAGS = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "out")
 
 
 def _num_classes(s: str) -> int | str:
@@ -183,8 +178,8 @@ def add_train_parser(sub) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out to --epochs; only --epochs, --data-dir, --device, "
-        "--step, --tensorboard and --test-iw-samples may be given (the run keeps the rest)",
+        help=f"continue the run in --out to --epochs; only {_RESUME_FLAGS} may be given (the "
+        "run keeps the rest)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -228,8 +223,8 @@ def _fit_data(args: argparse.Namespace, values: dict) -> dict:
 
 
 def resume_config(args: argparse.Namespace) -> TrainConfig:
-    """The run's own training settings with the --epochs, --data-dir, --device, --step and
-    --tensorboard given; a one-line error for any other option typed with another value."""
+    """The run's own training settings with the RESUMABLE options given; a one-line error for
+    any other option typed with another value."""
     ckpt = load_checkpoint(args.out)
     saved = {
         **VAEConfig.from_dict(ckpt["vae_config"]).to_dict(),
@@ -247,14 +242,11 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     if differ:
         raise ValueError(
             f"--resume keeps the run's settings, but {', '.join(differ)}; drop "
-            f"{'it' if len(differ) == 1 else 'them'} (only --epochs, --data-dir, --device, "
-            "--step, --tensorboard and --test-iw-samples may change), or train a new run"
+            f"{'it' if len(differ) == 1 else 'them'} (only {_RESUME_FLAGS} may change), or "
+            "train a new run with another --out"
         )
     train_fields = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-    given = {k: getattr(args, k) for k in ("data_dir", "device", "out")}
-    for k in ("epochs", "step", "tensorboard", "test_iw_samples"):
-        if k in args.typed:
-            given[k] = getattr(args, k)
+    given = {k: getattr(args, k) for k in RESUMABLE if k in _ALWAYS_GIVEN or k in args.typed}
     return TrainConfig.from_dict({**train_fields, **given})
 
 

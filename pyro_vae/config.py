@@ -63,6 +63,11 @@ class VAEConfig:
         return cls(**_known_fields(cls, d))
 
 
+# What a resumed run may change: the length of the run, where and how it runs, and what it
+# evaluates (--test-iw-samples). The rest (model, data, optimizer, objective, seed) is the run's.
+RESUMABLE = ("epochs", "data_dir", "device", "out", "step", "tensorboard", "test_iw_samples")
+
+
 @dataclass
 class TrainConfig:
     """Options of one training run (the CLI's flags)."""

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import TrainConfig, VAEConfig
+from .config import RESUMABLE, TrainConfig, VAEConfig
 from .data import MNISTData
 from .datasets import DatasetSpec, check_run_data
 from .device import resolve_device, synchronize
@@ -37,9 +37,6 @@ PROGRESS_EVERY = 25
 EVAL_BATCH = 1000
 # Test images per importance-sampled batch (loglik chunks over K within it).
 IW_BATCH = 100
-# What a resumed run may change: the length of the run and where and how it runs. The rest
-# (model, data, optimizer, objective, seed) is the run's.
-RESUMABLE = ("epochs", "data_dir", "device", "out", "step", "tensorboard", "test_iw_samples")
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
