@@ -7,14 +7,39 @@ lives on the device, and nothing reads back to the host. Capture needs a few war
 a side stream (allocator and lazy initialization); the parameters and optimizer state are
 restored after them, and its random draws come from a forked generator, so the warm-up leaves
 no trace in training.
+
+What the graph reads must live in device memory it keeps: the learning rate is a device tensor
+in each param group (a schedule's update lands in it: ``fill_`` when a scheduler finds a tensor,
+or a float that the next call copies in), the step counts are device tensors, and the optimizer
+is made capturable here, whatever the checkpoint it was loaded from said.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
 
 WARMUP_STEPS = 3
+# torch warns when a capturable optimizer steps outside a capture: the warm-up does, and so
+# does an epoch's last, smaller batch (the eager fallback). Both are meant.
+UNCAPTURED_WARNING = "This instance was constructed with capturable=True"
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Sets ``capturable`` on every param group (``load_state_dict`` puts back the saved value),
+    puts each group's learning rate in a device tensor and every step count on the device, and
+    silences torch's warning about capturable steps outside a capture (the fallback's)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        if not torch.is_tensor(group["lr"]) or group["lr"].device != device:
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+    optimizer._warned_capturable_if_run_uncaptured = True
 
 
 class CapturedStep:
@@ -35,9 +60,13 @@ class CapturedStep:
     ) -> None:
         if x.device.type != "cuda":
             raise ValueError("the cudagraph step needs CUDA tensors; use --step compiled on a CPU")
-        for group in optimizer.param_groups:
-            if not group.get("capturable", False):
-                raise ValueError("the cudagraph step needs torch.optim.Adam(capturable=True)")
+        self.device = x.device
+        with torch.cuda.device(x.device):  # capture on cuda:N runs on cuda:N's streams
+            self._capture(graph_module, params, buffers, optimizer, x, y)
+
+    def _capture(self, graph_module, params, buffers, optimizer, x, y) -> None:  # noqa: ANN001
+        make_capturable(optimizer, x.device)
+        self.lrs = [group["lr"] for group in optimizer.param_groups]
         self.gm = graph_module
         self.params = params
         self.buffers = buffers
@@ -50,7 +79,12 @@ class CapturedStep:
         # The warm-up's draws come from a forked generator: a run that builds the graph (the
         # first epoch, or the first after a resume) then draws what an uninterrupted run draws.
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        with torch.random.fork_rng(devices=[index], device_type="cuda"), torch.cuda.stream(side):
+        with (
+            torch.random.fork_rng(devices=[index], device_type="cuda"),
+            torch.cuda.stream(side),
+            warnings.catch_warnings(),
+        ):
+            warnings.filterwarnings("ignore", message=UNCAPTURED_WARNING)
             for _ in range(WARMUP_STEPS):
                 self._step()
         torch.cuda.current_stream(x.device).wait_stream(side)
@@ -61,13 +95,18 @@ class CapturedStep:
 
     def _step(self) -> tuple[Tensor, Tensor]:
         args = [self.static_x] + ([self.static_y] if self.static_y is not None else [])
-        metrics, bad, *grads = self.gm(self.params, self.buffers, *args)
+        with torch.no_grad():  # the graph computes its own gradients: no autograd recording
+            metrics, bad, *grads = self.gm(self.params, self.buffers, *args)
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g
         self.optimizer.step()
         return metrics, bad
 
     def __call__(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+        for group, lr in zip(self.optimizer.param_groups, self.lrs, strict=True):
+            if group["lr"] is not lr:  # a float put there (by a user, or an old scheduler)
+                lr.fill_(float(group["lr"]))
+                group["lr"] = lr
         self.static_x.copy_(x)
         if self.static_y is not None:
             self.static_y.copy_(y)

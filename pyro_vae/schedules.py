@@ -64,3 +64,48 @@ def make_scheduler(
     # The last stage's rate stays: no milestone after the seventh decay.
     milestones = stage_boundaries()[: NUM_STAGES - 1]
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=STAGE_DECAY)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first param group's learning rate as a float (a CUDA-graph run keeps it in a tensor)."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _plain(value: object) -> object:
+    if torch.is_tensor(value):
+        return float(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()`` with learning rates as floats, so a checkpoint of any step
+    kind (the CUDA graph keeps them in device tensors) loads into any other, on any device."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**g, "lr": _plain(g["lr"])} for g in state["param_groups"]]
+    return state
+
+
+def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> dict | None:
+    """The scheduler's state dict with its learning rates as floats (see optimizer_state)."""
+    if scheduler is None:
+        return None
+    return {k: _plain(v) for k, v in scheduler.state_dict().items()}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping how this run's optimizer was built
+    (``capturable``, ``fused``): a checkpoint says what the moments and step counts are, not
+    how the next run steps. ``load_state_dict`` would put the saved flags back, and a CUDA
+    graph run resumed from an eager checkpoint would then not be capturable (or a CPU run
+    resumed from a GPU one would be, which a CPU cannot step)."""
+    built = [{k: g[k] for k in ("capturable", "fused") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, built, strict=True):
+        group.update(flags)
+        group["lr"] = float(group["lr"])
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if "step" in st and (group.get("capturable") or group.get("fused")):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)

@@ -88,6 +88,8 @@ class EagerStep:
     the module multiplied the loss by (the world size under DDP), taken out of the metrics.
     """
 
+    kind = "eager"
+
     def __init__(
         self, loss: nn.Module, optimizer: torch.optim.Optimizer, loss_scale: float = 1.0
     ) -> None:
@@ -104,37 +106,129 @@ class EagerStep:
         return torch.stack([value, recon, kl]), ~value.isfinite()
 
 
-def trace_step(loss: ELBOLoss, x: Tensor, y: Tensor | None) -> torch.fx.GraphModule:
+class UntraceableError(ValueError):
+    """The model cannot run as a traced step (data-dependent Python, or a graph that does not
+    reproduce the eager step); the message names the place and suggests ``--step eager``."""
+
+
+def split_parameters(loss: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """(trainable, constant) tensors in the order the traced graph takes them: parameters
+    with ``requires_grad``, then frozen parameters and buffers (inputs without a gradient)."""
+    params = list(loss.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    constant = [p for p in params if not p.requires_grad] + list(loss.buffers())
+    return trainable, constant
+
+
+def _state_names(loss: nn.Module) -> list[str]:
+    named = list(loss.named_parameters())
+    return (
+        [n for n, p in named if p.requires_grad]
+        + [n for n, p in named if not p.requires_grad]
+        + [n for n, _ in loss.named_buffers()]
+    )
+
+
+def trace_step(loss: nn.Module, x: Tensor, y: Tensor | None) -> torch.fx.GraphModule:
     """The forward and backward of ``loss`` on inputs shaped like ``x``, ``y`` as one graph.
 
-    The graph takes ``(params, buffers, x[, y])`` and returns
+    The graph takes ``(trainable, constant, x[, y])`` (:func:`split_parameters`) and returns
     ``(metrics [3], bad [] bool, *grads)``: ``metrics`` = [loss, recon sum, KL sum], ``bad``
-    true when the loss or a gradient is not finite. Traced with fake tensors: nothing is
-    computed and any data-dependent Python ``if`` or host read fails here, at tracing, rather
-    than leaving a sync in the graph.
+    true when the loss or a gradient is not finite, one gradient per trainable parameter.
+    Traced with fake tensors: nothing is computed and any data-dependent Python ``if`` or host
+    read fails here, at tracing, rather than leaving a sync in the graph. Tensors the model
+    reaches outside its parameters and buffers (a user's distribution, a closure) are
+    constants of the graph. Replay it under ``torch.no_grad()``: it computes its gradients
+    itself, and with grad mode on every replay would also record an autograd graph.
     """
-    names = [n for n, _ in loss.named_parameters()]
-    buffer_names = [n for n, _ in loss.named_buffers()]
+    names = _state_names(loss)
+    trainable, constant = split_parameters(loss)
     conditional = y is not None
 
-    def step(params: list[Tensor], buffers: list[Tensor], x: Tensor, *y: Tensor):
-        state = {
-            **dict(zip(names, params, strict=True)),
-            **dict(zip(buffer_names, buffers, strict=True)),
-        }
-        value, recon, kl = torch.func.functional_call(loss, state, (x, y[0] if y else None))
-        grads = torch.autograd.grad(value, params, allow_unused=True)
+    def step(params: list[Tensor], constants: list[Tensor], x: Tensor, *y: Tensor):
+        state = dict(zip(names, [*params, *constants], strict=True))
+        with torch.enable_grad():
+            value, recon, kl = torch.func.functional_call(loss, state, (x, y[0] if y else None))
+            grads = torch.autograd.grad(value, params, allow_unused=True) if params else ()
         grads = [
             torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
         ]
         finite = torch.stack([value.isfinite(), *(g.isfinite().all() for g in grads)]).all()
         return (torch.stack([value.detach(), recon, kl]), ~finite, *grads)
 
-    params = [p.detach().requires_grad_(True) for p in loss.parameters()]
-    buffers = [b for b in loss.buffers()]
-    inputs = (params, buffers, x, *([y] if conditional else []))
+    params = [p.detach().requires_grad_(True) for p in trainable]
+    constants = [c.detach() for c in constant]
+    inputs = (params, constants, x, *([y] if conditional else []))
     with tracing_context():
-        return make_fx(step, tracing_mode="fake")(*inputs)
+        return make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+
+
+def _user_frame(error: BaseException) -> str:
+    """Where in the user's code tracing failed: the innermost frame outside torch, Pyro and
+    this package, as ``function (file:line)``; "" when the failure is in library code."""
+    import os
+    import traceback
+
+    skip = tuple(
+        os.path.dirname(m.__file__) + os.sep
+        for m in (torch, __import__("pyro"), __import__("pyro_vae"))
+    )
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if not frame.filename.startswith(skip) and not frame.filename.startswith("<"):
+            return f"{frame.name} ({os.path.basename(frame.filename)}:{frame.lineno})"
+    return ""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
+
+
+# The random state of the build-time check (forked: it draws nothing from the run's stream).
+CHECK_SEED = 20240511
+
+
+def _differs(a: Tensor, b: Tensor) -> bool:
+    """More than float rounding apart (the graph runs the eager step's own aten ops)."""
+    scale = b.detach().abs().max().item() if b.numel() else 0.0
+    return not torch.allclose(a, b, rtol=1e-3, atol=1e-5 * (scale + 1e-6), equal_nan=True)
+
+
+def _devices(x: Tensor) -> list[int]:
+    return [x.device.index or 0] if x.device.type == "cuda" else []
+
+
+def eager_reference(
+    loss: nn.Module, x: Tensor, y: Tensor | None, seed: int
+) -> tuple[Tensor, list[Tensor]]:
+    """The eager loss metrics and gradients from ``seed`` (on a forked RNG: the run's stream
+    is untouched). Runs the model as the eager step does, errors and all."""
+    trainable, _ = split_parameters(loss)
+    with torch.random.fork_rng(devices=_devices(x)):
+        torch.manual_seed(seed)
+        value, recon, kl = loss(x, y)
+        grads = torch.autograd.grad(value, trainable, allow_unused=True) if trainable else ()
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(trainable, grads, strict=True)]
+    return torch.stack([value.detach(), recon, kl]), grads
+
+
+def check_against_eager(
+    gm: Callable, loss: nn.Module, x: Tensor, y: Tensor | None, seed: int, expected: tuple
+) -> str:
+    """Runs the traced graph from ``seed``; returns "" when its loss and gradients are
+    ``expected`` (:func:`eager_reference` from the same seed), else what differs. This catches
+    what tracing cannot refuse: a value the user's code computed in Python and the graph froze
+    (Python's ``random``, numpy), which would train with wrong gradients."""
+    trainable, constant = split_parameters(loss)
+    with torch.random.fork_rng(devices=_devices(x)), torch.no_grad():
+        torch.manual_seed(seed)
+        got, _, *grads = gm(trainable, constant, x, *([y] if y is not None else []))
+    metrics, expected_grads = expected
+    if _differs(got, metrics):
+        return f"traced loss {got[0].item():.6g}, eager {metrics[0].item():.6g} on the same draws"
+    if any(_differs(g, e) for g, e in zip(grads, expected_grads, strict=True)):
+        return "its traced gradients differ from the eager step's on the same draws"
+    return ""
 
 
 class TracedStep:
@@ -145,43 +239,92 @@ class TracedStep:
     the first one traced (the epoch's last, smaller batch) take ``fallback``, the eager step,
     so there is one graph per run, not two. ``all_reduce``: in a multi-process run, sums the
     gradients over the ranks (one collective over a flat buffer) before the optimizer step.
+
+    Before its first update the step checks itself: the model must trace, and the graph must
+    give the eager step's loss and gradients on the same draws. If not, ``auto=True`` logs one
+    line and trains with the eager step from then on; otherwise it raises
+    :class:`UntraceableError`. Either way nothing has been trained yet.
     """
 
     def __init__(
         self,
-        loss: ELBOLoss,
+        loss: nn.Module,
         optimizer: torch.optim.Optimizer,
         backend: str = "compiled",
         fallback: Callable | None = None,
         all_reduce: Callable[[Tensor], None] | None = None,
         log: Callable[[str], None] | None = None,
+        auto: bool = False,
     ) -> None:
         if backend not in ("fx", "compiled", "cudagraph"):
             raise ValueError(f"unknown traced backend {backend!r}; use fx, compiled or cudagraph")
+        if backend == "cudagraph" and all_reduce is not None:
+            # The captured graph holds the optimizer step: there is no place for the collective.
+            raise ValueError(
+                "the cudagraph step is for one process; under torchrun use --step compiled"
+            )
         self.loss = loss
         self.optimizer = optimizer
         self.backend = backend
         self.fallback = fallback or EagerStep(loss, optimizer)
-        self.fall_back_to_fx = False
+        self.auto = auto
         self.all_reduce = all_reduce
         self.log = log
-        self.params = list(loss.parameters())
-        self.buffers = list(loss.buffers())
+        self.params: list[Tensor] = []
+        self.constants: list[Tensor] = []
         self.shape: tuple | None = None
         self.graph: Callable | None = None
+        self.untraceable = ""  # why the step fell back to eager for good ("" while traced)
         self.trace_seconds = 0.0
+
+    @property
+    def kind(self) -> str:
+        """What the run's full batches take: the backend, or "eager" after a fall-back."""
+        return "eager" if self.untraceable else self.backend
+
+    def _agree(self, reason: str) -> str:
+        """Every rank falls back, or none: one collective on the first step only."""
+        if self.all_reduce is None:
+            return reason
+        flag = torch.tensor([1.0 if reason else 0.0], device=self.constants_device)
+        self.all_reduce(flag)
+        return reason or ("another process could not trace the step" if flag.item() else "")
 
     def _build(self, x: Tensor, y: Tensor | None) -> None:
         t0 = time.perf_counter()
-        gm = trace_step(self.loss, x, y)
+        self.constants_device = x.device
+        # The eager step runs first, so an error of the model itself surfaces as it would
+        # under --step eager, not as a tracing failure. (In Pyro's default mode this first
+        # run is also where Pyro's param store sets requires_grad on every parameter.)
+        seed = CHECK_SEED
+        expected = eager_reference(self.loss, x, y, seed)
+        self.params, self.constants = split_parameters(self.loss)
+        reason = where = ""
+        try:
+            gm = trace_step(self.loss, x, y)
+        except Exception as e:  # noqa: BLE001 - any failure to trace is reported in one line
+            reason, where = _one_line(e), _user_frame(e)
+        else:
+            reason = check_against_eager(gm, self.loss, x, y, seed, expected)
+        reason = self._agree(reason)
+        if reason:
+            place = f" in {where}" if where else ""
+            message = f"the {self.backend} step cannot run this model{place} ({reason})"
+            if not self.auto:
+                raise UntraceableError(f"{message}; train it with --step eager (step='eager')")
+            self.untraceable = message
+            if self.log:
+                self.log(f"note: {message}; using the eager step")
+            self.trace_seconds += time.perf_counter() - t0
+            return
         if self.backend == "fx":
             self.graph = gm
         elif self.backend == "compiled":
             try:
                 inputs = (x, *([y] if y is not None else []))
-                self.graph = compile_graph(gm, self.params, self.buffers, *inputs)
+                self.graph = compile_graph(gm, self.params, self.constants, *inputs)
             except Exception as e:  # noqa: BLE001 - no compiler here: replay the graph instead
-                if not self.fall_back_to_fx:
+                if not self.auto:
                     raise
                 if self.log:
                     self.log(f"could not compile the step ({type(e).__name__}); replaying it")
@@ -189,7 +332,7 @@ class TracedStep:
         else:
             from .cuda_graph import CapturedStep
 
-            self.graph = CapturedStep(gm, self.params, self.buffers, self.optimizer, x, y)
+            self.graph = CapturedStep(gm, self.params, self.constants, self.optimizer, x, y)
         self.shape = (tuple(x.shape), None if y is None else tuple(y.shape))
         self.trace_seconds += time.perf_counter() - t0
         if self.log:
@@ -199,15 +342,18 @@ class TracedStep:
         """``full``: the global batch has ``--batch-size`` images (false for an epoch's last,
         smaller one, which takes the eager fallback on every rank alike)."""
         shape = (tuple(x.shape), None if y is None else tuple(y.shape))
-        if not full or (self.graph is not None and shape != self.shape):
+        if self.untraceable or not full or (self.graph is not None and shape != self.shape):
             return self.fallback(x, y)
         if self.graph is None:
             self._build(x, y)
+            if self.untraceable:
+                return self.fallback(x, y)
         if self.backend == "cudagraph":
             return self.graph(x, y)
-        metrics, bad, *grads = self.graph(
-            self.params, self.buffers, x, *([y] if y is not None else [])
-        )
+        with torch.no_grad():
+            metrics, bad, *grads = self.graph(
+                self.params, self.constants, x, *([y] if y is not None else [])
+            )
         if self.all_reduce is not None:
             flat = torch._utils._flatten_dense_tensors(grads)
             self.all_reduce(flat)
@@ -279,13 +425,12 @@ def build_step(
         fallback = EagerStep(eager, optimizer)
     if kind == "eager":
         return fallback
-    step = TracedStep(
+    return TracedStep(
         ELBOLoss(vae, config.elbo, config.num_particles),
         optimizer,
         backend=kind,
         fallback=fallback,
         all_reduce=world.all_reduce if world.size > 1 else None,
         log=log,
+        auto=auto,
     )
-    step.fall_back_to_fx = auto
-    return step

@@ -54,14 +54,25 @@ def compile_graph(
     gm: torch.fx.GraphModule, params: list[Tensor], buffers: list[Tensor], *inputs: Tensor
 ) -> Callable:
     """The traced graph compiled by inductor, compiled now (on a forked RNG, so no draw of the
-    run's is spent) and the first real call is then a plain call."""
+    run's is spent) and the first real call is then a plain call.
+
+    Compiled and called under ``torch.no_grad()``: the graph computes whatever gradients it
+    needs itself. With grad mode on, inputs that require grad (the parameters) would make
+    AOTAutograd compile a backward of the graph too and record autograd state on every call,
+    costing time and keeping memory alive for as long as an output is held.
+    """
     x = inputs[0]
-    with keep_validation_settings():
+    with keep_validation_settings(), torch.no_grad():
         compiled = torch.compile(gm, fullgraph=True, dynamic=False)
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             compiled(params, buffers, *inputs)
-    return compiled
+
+    def run(*args: object) -> object:
+        with torch.no_grad():
+            return compiled(*args)
+
+    return run
 
 
 def binder(module: nn.Module) -> Callable[[list[Tensor], list[Tensor]], dict[str, Tensor]]:
@@ -112,7 +123,7 @@ class ReplayedForward:
             compiled = self.backend == "compiled"
             self.graph = compile_graph(gm, params, buffers, *inputs) if compiled else gm
             self.shapes = shapes
-        if shapes != self.shapes:
-            with torch.no_grad():
+        with torch.no_grad():
+            if shapes != self.shapes:
                 return self.module(*inputs)
-        return self.graph(params, buffers, *inputs)
+            return self.graph(params, buffers, *inputs)

@@ -29,7 +29,15 @@ from .loglik import evaluate_log_likelihood
 from .model import VAE
 from .rng import seeded
 from .runs import append_metrics, check_fits, load_state, read_metrics, write_config, write_metrics
-from .schedules import make_optimizer, make_scheduler, stage_boundaries
+from .schedules import (
+    current_lr,
+    load_optimizer_state,
+    make_optimizer,
+    make_scheduler,
+    optimizer_state,
+    scheduler_state,
+    stage_boundaries,
+)
 from .step import NonFiniteError, build_step, parameters_finite, resolve_step
 
 # The progress bar's running loss is read back from the device this often.
@@ -169,7 +177,7 @@ def train(
         start_epoch = 0
         if ckpt is not None:
             load_state(vae, ckpt["model"], out)
-            optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(optimizer, ckpt["optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch = ckpt["epoch"]
@@ -216,8 +224,8 @@ def train(
             # This epoch's order and this rank's noise: from the seed alone, so resume is exact.
             torch.manual_seed(epoch_seed(config.seed, epoch, world.rank))
             m = _run_epoch(vae, step, data, config, epoch, progress and world.is_main, world)
-            m["lr"] = optimizer.param_groups[0]["lr"]
-            m["step"] = kind
+            m["lr"] = current_lr(optimizer)
+            m["step"] = getattr(step, "kind", kind)  # "eager" after an untraceable fall-back
             if scheduler is not None:
                 scheduler.step()
             if world.is_main:
@@ -226,8 +234,8 @@ def train(
                     {
                         **record,
                         "model": vae.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": None if scheduler is None else scheduler.state_dict(),
+                        "optimizer": optimizer_state(optimizer),
+                        "scheduler": scheduler_state(scheduler),
                         "epoch": epoch,
                     },
                 )
