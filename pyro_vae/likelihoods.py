@@ -221,14 +221,22 @@ LIKELIHOODS: dict[str, Callable[[VAEConfig], Likelihood]] = {
 
 
 class _CallableLikelihood(Likelihood):
-    """Wraps a user callable ``out -> distribution``; it decides its own support checks."""
+    """Wraps a user callable ``out -> distribution``; it decides its own support checks.
+
+    The callable may say what it needs as attributes: ``params_per_pixel`` (default 1) and
+    ``data_kind`` (default "real"; "binary" makes the data pipeline binarize for it).
+    """
 
     def __init__(
-        self, fn: Callable[[Tensor], dist.Distribution], params_per_pixel: int = 1
+        self,
+        fn: Callable[[Tensor], dist.Distribution],
+        params_per_pixel: int = 1,
+        data_kind: str = "real",
     ) -> None:
         super().__init__()
         self.fn = fn
         self.params_per_pixel = params_per_pixel
+        self.data_kind = data_kind
 
     def describe(self) -> str:
         return getattr(self.fn, "__qualname__", type(self.fn).__name__)
@@ -249,5 +257,9 @@ def build_likelihood(likelihood: str | Callable | Likelihood, config: VAEConfig)
     if isinstance(likelihood, Likelihood):
         return likelihood
     if callable(likelihood):
-        return _CallableLikelihood(likelihood, getattr(likelihood, "params_per_pixel", 1))
+        return _CallableLikelihood(
+            likelihood,
+            getattr(likelihood, "params_per_pixel", 1),
+            getattr(likelihood, "data_kind", "real"),
+        )
     raise TypeError(f"likelihood must be a name or a callable, got {type(likelihood).__name__}")

@@ -203,10 +203,11 @@ def eager_reference(
 ) -> tuple[Tensor, list[Tensor]]:
     """The eager loss metrics and gradients from ``seed`` (on a forked RNG: the run's stream
     is untouched). Runs the model as the eager step does, errors and all."""
-    trainable, _ = split_parameters(loss)
     with torch.random.fork_rng(devices=_devices(x)):
         torch.manual_seed(seed)
         value, recon, kl = loss(x, y)
+        # After the forward: in Pyro's default mode the param store sets requires_grad then.
+        trainable, _ = split_parameters(loss)
         grads = torch.autograd.grad(value, trainable, allow_unused=True) if trainable else ()
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(trainable, grads, strict=True)]
     return torch.stack([value.detach(), recon, kl]), grads

@@ -90,7 +90,10 @@ def binder(module: nn.Module) -> Callable[[list[Tensor], list[Tensor]], dict[str
 
 
 def trace_forward(module: nn.Module, *inputs: Tensor) -> torch.fx.GraphModule:
-    """``module(*inputs)`` without gradients as a graph of ``(params, buffers, *inputs)``."""
+    """``module(*inputs)`` without gradients as a graph of ``(params, buffers, *inputs)``.
+
+    Tensors the module reaches outside its parameters and buffers (a user's distribution, a
+    closure) become constants of the graph."""
     bind = binder(module)
 
     def forward(params: list[Tensor], buffers: list[Tensor], *args: Tensor):
@@ -101,7 +104,9 @@ def trace_forward(module: nn.Module, *inputs: Tensor) -> torch.fx.GraphModule:
     # requires_grad as the real parameters have it: pyro.module warns about (and skips) others.
     params = [p.detach().requires_grad_(p.requires_grad) for p in module.parameters()]
     with tracing_context():
-        return make_fx(forward, tracing_mode="fake")(params, list(module.buffers()), *inputs)
+        return make_fx(forward, tracing_mode="fake", _allow_non_fake_inputs=True)(
+            params, list(module.buffers()), *inputs
+        )
 
 
 class ReplayedForward:
