@@ -28,7 +28,9 @@ Z_DIM = 6
 HIDDEN = (32,)
 SEED = 7
 # The device-side ELBO must equal Pyro's wherever it runs: the GPU joins when there is one.
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + (
+    [pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else []
+)
 
 
 def fixed_vae(num_classes: int = 0, dtype: torch.dtype = torch.float64) -> VAE:

@@ -414,6 +414,7 @@ def test_distribution_prior_negative_control_a_plain_callable_stays_behind():
     assert all(t.dtype == torch.float32 for t in _tensors(vae.model.prior(None)))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", sorted(_user_priors()))
 def test_distribution_prior_moves_to_cuda(kind):
