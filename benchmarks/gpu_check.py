@@ -1,6 +1,6 @@
 """One prepared check for a machine with one CUDA GPU: everything the CPU machine cannot measure.
 
-    bash benchmarks/gpu_check.sh                      # on the GPU machine (installs, unpacks, runs this)
+    bash benchmarks/gpu_check.sh        # on the GPU machine: installs, unpacks, runs this
     python benchmarks/gpu_check.py --data-dir DATA --report gpu_check.md
 
 Sections, in order, each a subprocess with its own time limit; a section that fails or runs out
@@ -81,9 +81,7 @@ class Report:
         code, out, seconds = run(cmd, timeout)
         status = "ok" if code == 0 else ("out of time" if code == 124 else f"exit {code}")
         shown = " ".join(str(c).replace(str(ROOT) + "/", "") for c in cmd)
-        self.add(
-            f"## {title}\n\n`{shown}`: {status}, {seconds:.0f} s\n\n```\n{tail(out)}\n```\n"
-        )
+        self.add(f"## {title}\n\n`{shown}`: {status}, {seconds:.0f} s\n\n```\n{tail(out)}\n```\n")
         return code, out, seconds
 
     def add(self, text: str) -> None:
@@ -118,9 +116,8 @@ def main() -> None:
     os.environ["PYRO_VAE_DATA_DIR"] = str(Path(args.data_dir).resolve())
 
     tests = ["tests/test_cuda_graph.py", "tests/test_elbo.py", "tests/test_priors_likelihoods.py"]
-    report.section(
-        "CUDA tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *tests], 240
-    )
+    pytest = [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *tests]
+    report.section("CUDA tests", pytest, 240)
 
     bench = [PY, "benchmarks/throughput.py", *dev, "--batch-sizes", "128,1024"]
     bench += ["--steps", "20" if quick else "200", "--rounds", "3"]
@@ -129,7 +126,8 @@ def main() -> None:
     vae10 = work / "vae10"
     epochs = "1" if quick else "10"
     train = [PY, "-m", "pyro_vae", "train", "--out", str(vae10), "--epochs", epochs, *data, *dev]
-    train += ["--no-progress"] + (["--train-subset", "2000", "--test-subset", "500"] if quick else [])
+    train += ["--no-progress"]
+    train += ["--train-subset", "2000", "--test-subset", "500"] if quick else []
     code, _, seconds = report.section("10-epoch MNIST run", train, 180)
     rows = metrics(vae10)
     if rows:
