@@ -22,6 +22,7 @@ from .cli_args import (
     add_data_args,
     at_least,
     data_options,
+    port,
     positive_float,
     sizes,
     typed_options,
@@ -371,9 +372,7 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
     add_data_args(p, from_run=True)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument(
-        "--port", type=NONNEGATIVE, default=7860, help="port (default 7860; 0: a free one)"
-    )
+    p.add_argument("--port", type=port, default=7860, help="port (default 7860; 0: a free one)")
     p.add_argument(
         "--test-subset",
         type=NONNEGATIVE,

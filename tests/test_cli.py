@@ -190,6 +190,12 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         ["evaluate", "RUN", "--dataset", "kmnist"],
         "was trained on mnist, not kmnist; drop --dataset",
     ),
+    (
+        "serve --port 99999",
+        ["serve", "RUN", "--port", "99999"],
+        "argument --port: must be a TCP port from 1 to 65535 (0: a free one), got 99999",
+    ),
+    ("serve --port -1", ["serve", "RUN", "--port", "-1"], "must be a TCP port from 1 to 65535"),
 ]
 
 
