@@ -6,14 +6,18 @@ the rest calls ``pyro_vae.cli.main`` in-process.
 
 from __future__ import annotations
 
+import fractions
+import io
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import assert_one_line_error
 
 from pyro_vae.cli import COMMANDS, main
@@ -118,8 +122,10 @@ def test_evaluate_a_missing_run_dir_is_one_line(tmp_path):
 
 # The bad-input table: what a new user types wrong. Each gets one line on stderr naming the
 # problem and the fix, exit code 2, no traceback, and leaves an existing run byte-identical.
-# Placeholders: RUN (a trained run), CORRUPT (a run whose checkpoint is garbage), FILE (a plain
-# file), EMPTY (an empty folder), DATA (the real MNIST), and damaged copies of it.
+# Placeholders: RUN (a trained run), CORRUPT (a run whose checkpoint is random bytes), CUT (one
+# whose checkpoint is a real one cut in half), FOREIGN (one whose checkpoint is a torch file of
+# other objects), FILE (a plain file), EMPTY (an empty folder), DATA (the real MNIST), and
+# damaged copies of it.
 BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("no command", [], "required: COMMAND"),
     ("unknown command", ["fit"], "invalid choice: 'fit'"),
@@ -175,7 +181,26 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ),
     ("empty MNIST file", ["train", "--data-dir", "EMPTYFILE"], "is damaged: the file is empty"),
     ("evaluate, no run", ["evaluate", "EMPTY"], "no checkpoint at"),
-    ("evaluate, corrupt checkpoint", ["evaluate", "CORRUPT"], "cannot read checkpoint"),
+    (
+        "evaluate, random bytes for a checkpoint",
+        ["evaluate", "CORRUPT"],
+        "checkpoint.pt: the file is damaged or is not a pyro-vae checkpoint (not a zip archive)",
+    ),
+    (
+        "evaluate, truncated checkpoint",
+        ["evaluate", "CUT"],
+        "checkpoint.pt: the file is damaged or is not a pyro-vae checkpoint (RuntimeError)",
+    ),
+    (
+        "evaluate, a torch file of other objects",
+        ["evaluate", "FOREIGN"],
+        "checkpoint.pt: the file is damaged or is not a pyro-vae checkpoint (UnpicklingError)",
+    ),
+    (
+        "--resume, truncated checkpoint",
+        ["train", "--out", "CUT", "--resume"],
+        "the file is damaged or is not a pyro-vae checkpoint (RuntimeError)",
+    ),
     ("evaluate --num-samples -1", ["evaluate", "RUN", "--num-samples", "-1"], "at least 0"),
     ("evaluate --batch-size 0", ["evaluate", "RUN", "--batch-size", "0"], "at least 1"),
     ("sample --label on a VAE", ["sample", "RUN", "--label", "3"], "unconditional"),
@@ -210,6 +235,12 @@ def _damaged_copy(root: Path, data: Path, name: str, content: bytes) -> Path:
     return root
 
 
+def _run_with_checkpoint(folder: Path, content: bytes) -> Path:
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(content)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
     """What the placeholders of BAD_INPUTS stand for."""
@@ -221,15 +252,17 @@ def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
         + ["--device", "cpu", "--no-progress"]
     )
     assert code == 0
-    corrupt = root / "corrupt"
-    corrupt.mkdir()
-    (corrupt / "checkpoint.pt").write_bytes(b"not a checkpoint" * 10)
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    foreign = io.BytesIO()
+    torch.save({"model": fractions.Fraction(1, 3)}, foreign)  # not weights: refused unpickled
     (root / "file").write_text("I am a file")
     (root / "empty").mkdir()
     images = (mnist_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
     return {
         "RUN": run,
-        "CORRUPT": corrupt,
+        "CORRUPT": _run_with_checkpoint(root / "corrupt", random.Random(0).randbytes(4096)),
+        "CUT": _run_with_checkpoint(root / "cut", checkpoint[: len(checkpoint) // 2]),
+        "FOREIGN": _run_with_checkpoint(root / "foreign", foreign.getvalue()),
         "FILE": root / "file",
         "EMPTY": root / "empty",
         "DATA": mnist_dir,
@@ -266,7 +299,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
             argv += ["--data-dir", str(places["DATA"])]
     before = _snapshot(places["RUN"])
     code = main(argv)
-    assert_one_line_error(code, capsys.readouterr().err, expected)
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err, expected)
+    assert "weights_only" not in err  # torch's advice, never to be taken for a damaged file
     assert _snapshot(places["RUN"]) == before
     assert not (places["EMPTY"] / "new" / "checkpoint.pt").exists()
 
