@@ -216,6 +216,15 @@ def _load_run(args: argparse.Namespace, device, test_subset: int | None = None):
     )
 
 
+def _check_outside_data(out: Path, ckpt: dict, given: dict | None = None) -> None:
+    """A one-line error when ``out`` lies inside an image folder of the run's data (or of the
+    data options ``given``): what is written there would become images of the dataset."""
+    from .datasets import DatasetSpec, check_outside_data
+
+    spec = DatasetSpec.of(TrainConfig.from_dict(ckpt["train_config"]), **(given or {}))
+    check_outside_data(out, spec, "--out", ckpt.get("dataset"))
+
+
 def _evaluate_conditioning(args: argparse.Namespace, vae, device, data, ckpt: dict) -> dict:
     """Classifier accuracy of samples per requested label, seeded like the ELBO; the classifier
     knows the data's classes (MNIST's digits by default)."""
@@ -241,6 +250,8 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     vae, ckpt, data = _load_run(args, device)
+    out = Path(args.out or args.run_dir)
+    _check_outside_data(out, ckpt, data_options(args))
     with seeded(args.seed, device):
         result = compare_estimators(
             vae,
@@ -260,7 +271,6 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
         binarize=data.binarize,
         seed=args.seed,
     )
-    out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_elbo.json").write_text(json.dumps(result, indent=2))
     comparison_figure(result).savefig(out / "compare_elbo.png", dpi=120)
@@ -345,9 +355,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     vae, ckpt = load_vae(args.run_dir, device)
     labels_for_samples(vae, args.num, args.label)  # bad --label/--num fail before any work
-    vae.eval()
-    with seeded(args.seed, device):
-        x = generate(vae, args.num, args.label)
     if args.label is not None:
         title, name = f"Samples of digit {args.label}", f"sample_label{args.label}.png"
     elif vae.config.num_classes:
@@ -355,6 +362,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     else:
         title, name = "Samples from the prior", "sample_prior.png"
     out = Path(args.out) if args.out else Path(args.run_dir, "figures", name)
+    _check_outside_data(out, ckpt)
+    vae.eval()
+    with seeded(args.seed, device):
+        x = generate(vae, args.num, args.label)
     out.parent.mkdir(parents=True, exist_ok=True)
     shape = run_image_shape(ckpt)  # None for runs from before: square (MNIST's 28 x 28)
     samples_figure(x, ncols=args.ncols, title=title, image_shape=shape).savefig(out, dpi=120)

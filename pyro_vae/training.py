@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RESUMABLE, TrainConfig, VAEConfig
 from .data import MNISTData
-from .datasets import DatasetSpec, check_run_data
+from .datasets import DatasetSpec, check_outside_data, check_run_data
 from .device import resolve_device, synchronize
 from .distributed import World, epoch_order, epoch_seed
 from .elbo import OBJECTIVES
@@ -115,11 +115,13 @@ def train(
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run directory; choose another --out")
+    check_outside_data(out, DatasetSpec.of(config))
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out)
         saved = VAEConfig.from_dict(ckpt["vae_config"])
         config = resumed_config(TrainConfig.from_dict(ckpt["train_config"]), config)
+        check_outside_data(out, DatasetSpec.of(config))
         if isinstance(vae, VAE):
             check_fits(vae, saved, ckpt.get("objects"))
         elif vae is not None and vae != saved:
