@@ -231,6 +231,9 @@ def train(
             if scheduler is not None:
                 scheduler.step()
             if world.is_main:
+                # The row first: a crash between the two leaves a row past the checkpoint,
+                # which resume drops, never a checkpoint without its row.
+                append_metrics(out, m)
                 save_checkpoint(
                     out / CHECKPOINT_NAME,
                     {
@@ -241,7 +244,6 @@ def train(
                         "epoch": epoch,
                     },
                 )
-                append_metrics(out, m)
                 log(_epoch_line(m, config.epochs))
                 if tensorboard is not None:
                     tensorboard.log_epoch(vae, data, m)
