@@ -31,10 +31,18 @@ from .cli_train import add_train_parser, cmd_train
 from .config import TrainConfig
 from .data import DataError
 from .rng import seeded
+from .runlock import RunInUseError
 from .step import NonFiniteError
 
 # Errors a user can fix from the command line: reported in one line, exit code 2.
-USER_ERRORS = (ValueError, DataError, CheckpointError, FileNotFoundError, NonFiniteError)
+USER_ERRORS = (
+    ValueError,
+    DataError,
+    CheckpointError,
+    FileNotFoundError,
+    NonFiniteError,
+    RunInUseError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import same_dataset
     from .device import resolve_device
     from .evaluate import evaluate_elbo
+    from .runs import write_text_atomic
     from .training import EVAL_BATCH
     from .units import dataset_name, describe
 
@@ -171,7 +180,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report["log_likelihood"]["dataset"] = dataset_name(report["data"], source)
     if vae.config.num_classes and args.samples_per_class:
         report["conditioning"] = _evaluate_conditioning(args, vae, device, data, ckpt)
-    Path(args.run_dir, "eval.json").write_text(json.dumps(report, indent=2))
+    # Beside a training run, which does not write it: replaced whole, and it names its epoch.
+    write_text_atomic(Path(args.run_dir, "eval.json"), json.dumps(report, indent=2))
     print(f"dataset: {describe_dataset(data.dataset)}")
     print(f"test data: {describe(report['data'], num_dims, source)}")
     print(

@@ -13,8 +13,11 @@ import math
 import os
 import random
 import re
+import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from synthetic import write_image_folder
 
 from pyro_vae.cli import COMMANDS, main
 from pyro_vae.data import MNIST_FILES
+from pyro_vae.runlock import run_lock
 
 # Any download attempt hits a closed local port at once: "offline", whatever the machine has.
 OFFLINE = {
@@ -128,8 +132,9 @@ def test_evaluate_a_missing_run_dir_is_one_line(tmp_path):
 # whose checkpoint is a real one cut in half), FOREIGN (one whose checkpoint is a torch file of
 # other objects), FILE (a plain file), EMPTY (an empty folder), DATA (the real MNIST), and
 # damaged copies of it; IMAGES and TESTIMAGES (image folders of 28 x 28 images), LINK (a
-# symlink to IMAGES), IMAGERUN (a run trained on IMAGES). The commands run in the folder
-# holding IMAGES as images/, so relative paths are tried too.
+# symlink to IMAGES), IMAGERUN (a run trained on IMAGES), BUSY (a run whose lock this process
+# holds, as a training run would). The commands run in the folder holding IMAGES as images/,
+# so relative paths are tried too.
 BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("no command", [], "required: COMMAND"),
     ("unknown command", ["fit"], "invalid choice: 'fit'"),
@@ -172,6 +177,12 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         "--hidden-dims 64,32 (the run has 16)",
     ),
     ("--resume, no run", ["train", "--out", "EMPTY", "--resume"], "no checkpoint at"),
+    (
+        "--resume while another run trains there",
+        ["train", "--out", "BUSY", "--resume", "--epochs", "2"],
+        f"BUSY is in use by another pyro-vae run (pid {os.getpid()} on host "
+        f"{socket.gethostname()}); wait for it to finish or stop it",
+    ),
     (
         "truncated MNIST file",
         ["train", "--data-dir", "TRUNCATED"],
@@ -283,7 +294,7 @@ def _run_with_checkpoint(folder: Path, content: bytes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
+def places(mnist_dir, tmp_path_factory) -> Iterator[dict[str, Path]]:
     """What the placeholders of BAD_INPUTS stand for."""
     root = tmp_path_factory.mktemp("bad").resolve()  # as the messages show folders
     run = root / "run"
@@ -304,10 +315,11 @@ def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
     foreign = io.BytesIO()
     torch.save({"model": fractions.Fraction(1, 3)}, foreign)  # not weights: refused unpickled
     (root / "link").symlink_to(image_folder)
+    busy = shutil.copytree(run, root / "busy")
     (root / "file").write_text("I am a file")
     (root / "empty").mkdir()
     images = (mnist_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
-    return {
+    places = {
         "ROOT": root,
         "RUN": run,
         "CORRUPT": _run_with_checkpoint(root / "corrupt", random.Random(0).randbytes(4096)),
@@ -317,6 +329,7 @@ def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
         "TESTIMAGES": write_image_folder(root / "test-images", per_class=2, sizes=((28, 28),)),
         "LINK": root / "link",
         "IMAGERUN": image_run,
+        "BUSY": busy,
         "FILE": root / "file",
         "EMPTY": root / "empty",
         "DATA": mnist_dir,
@@ -328,6 +341,8 @@ def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
         ),
         "EMPTYFILE": _damaged_copy(root / "emptyfile", mnist_dir, "train-images-idx3-ubyte", b""),
     }
+    with run_lock(busy):  # as a run training there would
+        yield places
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -346,7 +361,7 @@ def _place(arg: str, places: dict[str, Path]) -> str:
 
 
 # What no bad input may change.
-KEPT = ("RUN", "IMAGES", "TESTIMAGES", "IMAGERUN", "CUT", "EMPTY")
+KEPT = ("RUN", "IMAGES", "TESTIMAGES", "IMAGERUN", "CUT", "EMPTY", "BUSY")
 
 
 @pytest.mark.mnist
