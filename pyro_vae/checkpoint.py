@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# How every file torch.save writes (a zip archive) starts.
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(RuntimeError):
@@ -44,16 +46,20 @@ def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device
         raise CheckpointError(
             f"no checkpoint at {path}; pass a run directory written by 'pyro-vae train'"
         )
+    damaged = f"cannot read checkpoint {path}: the file is damaged or is not a pyro-vae checkpoint"
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if start != ZIP_MAGIC:  # torch.save's zip archive; torch would unpickle anything else
+        raise CheckpointError(f"{damaged} (not a zip archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, whatever torch says
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever torch says
+        # Never torch's own text: for a file it cannot unpickle with weights_only=True it
+        # advises weights_only=False, i.e. running whatever code a damaged file holds.
+        raise CheckpointError(f"{damaged} ({type(e).__name__})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (it holds a {type(state)})")
     return state
-
-
-def _first_line(e: BaseException) -> str:
-    """Torch's unpickling errors run to several lines of advice; the first says what is wrong."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__

@@ -22,6 +22,7 @@ from .cli_args import (
     add_data_args,
     at_least,
     data_options,
+    port,
     positive_float,
     sizes,
     typed_options,
@@ -30,10 +31,18 @@ from .cli_train import add_train_parser, cmd_train
 from .config import TrainConfig
 from .data import DataError
 from .rng import seeded
+from .runlock import RunInUseError
 from .step import NonFiniteError
 
 # Errors a user can fix from the command line: reported in one line, exit code 2.
-USER_ERRORS = (ValueError, DataError, CheckpointError, FileNotFoundError, NonFiniteError)
+USER_ERRORS = (
+    ValueError,
+    DataError,
+    CheckpointError,
+    FileNotFoundError,
+    NonFiniteError,
+    RunInUseError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import same_dataset
     from .device import resolve_device
     from .evaluate import evaluate_elbo
+    from .runs import write_text_atomic
     from .training import EVAL_BATCH
     from .units import dataset_name, describe
 
@@ -170,7 +180,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report["log_likelihood"]["dataset"] = dataset_name(report["data"], source)
     if vae.config.num_classes and args.samples_per_class:
         report["conditioning"] = _evaluate_conditioning(args, vae, device, data, ckpt)
-    Path(args.run_dir, "eval.json").write_text(json.dumps(report, indent=2))
+    # Beside a training run, which does not write it: replaced whole, and it names its epoch.
+    write_text_atomic(Path(args.run_dir, "eval.json"), json.dumps(report, indent=2))
     print(f"dataset: {describe_dataset(data.dataset)}")
     print(f"test data: {describe(report['data'], num_dims, source)}")
     print(
@@ -215,6 +226,15 @@ def _load_run(args: argparse.Namespace, device, test_subset: int | None = None):
     )
 
 
+def _check_outside_data(out: Path, ckpt: dict, given: dict | None = None) -> None:
+    """A one-line error when ``out`` lies inside an image folder of the run's data (or of the
+    data options ``given``): what is written there would become images of the dataset."""
+    from .datasets import DatasetSpec, check_outside_data
+
+    spec = DatasetSpec.of(TrainConfig.from_dict(ckpt["train_config"]), **(given or {}))
+    check_outside_data(out, spec, "--out", ckpt.get("dataset"))
+
+
 def _evaluate_conditioning(args: argparse.Namespace, vae, device, data, ckpt: dict) -> dict:
     """Classifier accuracy of samples per requested label, seeded like the ELBO; the classifier
     knows the data's classes (MNIST's digits by default)."""
@@ -240,6 +260,8 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     vae, ckpt, data = _load_run(args, device)
+    out = Path(args.out or args.run_dir)
+    _check_outside_data(out, ckpt, data_options(args))
     with seeded(args.seed, device):
         result = compare_estimators(
             vae,
@@ -259,7 +281,6 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
         binarize=data.binarize,
         seed=args.seed,
     )
-    out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_elbo.json").write_text(json.dumps(result, indent=2))
     comparison_figure(result).savefig(out / "compare_elbo.png", dpi=120)
@@ -344,9 +365,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     vae, ckpt = load_vae(args.run_dir, device)
     labels_for_samples(vae, args.num, args.label)  # bad --label/--num fail before any work
-    vae.eval()
-    with seeded(args.seed, device):
-        x = generate(vae, args.num, args.label)
     if args.label is not None:
         title, name = f"Samples of digit {args.label}", f"sample_label{args.label}.png"
     elif vae.config.num_classes:
@@ -354,6 +372,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     else:
         title, name = "Samples from the prior", "sample_prior.png"
     out = Path(args.out) if args.out else Path(args.run_dir, "figures", name)
+    _check_outside_data(out, ckpt)
+    vae.eval()
+    with seeded(args.seed, device):
+        x = generate(vae, args.num, args.label)
     out.parent.mkdir(parents=True, exist_ok=True)
     shape = run_image_shape(ckpt)  # None for runs from before: square (MNIST's 28 x 28)
     samples_figure(x, ncols=args.ncols, title=title, image_shape=shape).savefig(out, dpi=120)
@@ -371,9 +393,7 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("run_dir", help="a run directory written by 'pyro-vae train'")
     add_data_args(p, from_run=True)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument(
-        "--port", type=NONNEGATIVE, default=7860, help="port (default 7860; 0: a free one)"
-    )
+    p.add_argument("--port", type=port, default=7860, help="port (default 7860; 0: a free one)")
     p.add_argument(
         "--test-subset",
         type=NONNEGATIVE,

@@ -45,6 +45,23 @@ def at_least(low: int):
 
 POSITIVE = at_least(1)
 NONNEGATIVE = at_least(0)
+MAX_PORT = 65535
+
+
+def port(s: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535, or 0 for a free one."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if not 0 <= v <= MAX_PORT:
+        raise argparse.ArgumentTypeError(
+            f"must be a TCP port from 1 to {MAX_PORT} (0: a free one), got {v}"
+        )
+    return v
+
+
+port.__name__ = "port"
 
 
 def positive_float(s: str) -> float:

@@ -299,6 +299,30 @@ def check_same_dataset(recorded: dict | None, loaded: dict, where: str) -> None:
     )
 
 
+def check_outside_data(
+    out: str | os.PathLike, spec: DatasetSpec, option: str = "--out", record: dict | None = None
+) -> None:
+    """ValueError when ``out`` is, or lies inside, an image folder of ``spec`` (a ``folder:``
+    dataset or test set; ``record``: a run's record, whose folder is checked too): the PNGs
+    written there would become images of the dataset. Paths are compared resolved (symlinks,
+    relative paths)."""
+    folders = []
+    for name in (spec.dataset, spec.test_dataset):
+        key, _, path = parse_dataset(name) if name else ("", None, "")
+        if key == "folder":
+            folders.append((name, path))
+    if record and record.get("path") and parse_dataset(record["name"])[0] == "folder":
+        folders.append((record["name"], record["path"]))
+    where = Path(out).resolve()
+    for name, path in folders:
+        folder = Path(path).resolve()
+        if where == folder or folder in where.parents:
+            raise ValueError(
+                f"{option} {out} lies inside the image folder of {name}: the PNGs written there "
+                f"would become images of the dataset; choose {option} outside {folder}"
+            )
+
+
 def check_run_data(x_dim: int, data: Any, checkpoint: dict | None = None) -> None:
     """ValueError when a model of ``x_dim`` pixels cannot take ``data`` (an ``MNISTData``), or
     when a resumed run's ``checkpoint`` recorded another test set (the files changed)."""

@@ -54,6 +54,14 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every rank (pickled: for small things, such as an error)."""
+        if self.size > 1:
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+        return obj
+
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -45,6 +46,22 @@ def append_metrics(run_dir: str | os.PathLike, row: dict) -> None:
     with open(Path(run_dir) / METRICS_NAME, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``path`` through a temporary file renamed over it: a reader (or a second writer)
+    never sees half a file. For files a command that does not hold the run's lock writes into
+    a run directory (``eval.json``)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's is 0600: as readable as a file written directly
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_config(run_dir: str | os.PathLike, record: dict) -> None:

@@ -29,6 +29,7 @@ from .app_view import run_info
 if TYPE_CHECKING:  # Gradio is imported only once the page is built: the CLI and checks stay fast
     import gradio as gr
 
+MAX_PORT = 65535
 APP_EXTRA = (
     'the explorer needs the [app] extra (Gradio): pip install -e ".[app]" in a checkout, '
     'or pip install "pyro-vae[app]"'
@@ -50,6 +51,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def check_port(host: str, port: int) -> None:
     """Raises ValueError (one line, with the fix) when ``host:port`` cannot be bound."""
+    if not 0 <= port <= MAX_PORT:  # socket's own error is an OverflowError
+        raise ValueError(
+            f"port {port} is not a TCP port; pass a --port from 1 to {MAX_PORT} "
+            "(0 picks a free one)"
+        )
     with socket.socket() as s:
         # As the server will: a port a closed server left in TIME_WAIT is free to use.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

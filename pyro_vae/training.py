@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RESUMABLE, TrainConfig, VAEConfig
 from .data import MNISTData
-from .datasets import DatasetSpec, check_run_data
+from .datasets import DatasetSpec, check_outside_data, check_run_data
 from .device import resolve_device, synchronize
 from .distributed import World, epoch_order, epoch_seed
 from .elbo import OBJECTIVES
@@ -28,6 +28,7 @@ from .evaluate import evaluate_elbo, labels_for
 from .loglik import evaluate_log_likelihood
 from .model import VAE
 from .rng import seeded
+from .runlock import hold_run
 from .runs import append_metrics, check_fits, load_state, read_metrics, write_config, write_metrics
 from .schedules import (
     current_lr,
@@ -110,16 +111,40 @@ def train(
     by default. ``preset``: what a preset set (recorded in config.json). Torch's RNG is seeded
     inside ``torch.random.fork_rng``, so the caller's RNG state is left as it was. Works in both
     of Pyro's modes and changes neither.
+
+    One writer per run directory: the call holds ``config.out``'s lock (``runlock.py``; rank 0
+    under torchrun) from before the run is read until it returns, and raises RunInUseError on
+    every rank when another process holds it. ``config.out`` may not lie inside a ``folder:``
+    dataset.
     """
     world = world or World()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a run directory; choose another --out")
+    check_outside_data(out, DatasetSpec.of(config))
+    # One writer per run: held before the run is read for resume, until the figures are out.
+    with hold_run(out, world):
+        return _train(vae, config, out, world, resume, progress, log, write_figures, preset)
+
+
+def _train(
+    vae: VAE | VAEConfig | None,
+    config: TrainConfig,
+    out: Path,
+    world: World,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    write_figures: bool,
+    preset: dict | None,
+) -> list[dict]:
+    """train()'s work, with the run directory's lock held (by rank 0)."""
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out)
         saved = VAEConfig.from_dict(ckpt["vae_config"])
         config = resumed_config(TrainConfig.from_dict(ckpt["train_config"]), config)
+        check_outside_data(out, DatasetSpec.of(config))
         if isinstance(vae, VAE):
             check_fits(vae, saved, ckpt.get("objects"))
         elif vae is not None and vae != saved:
@@ -158,8 +183,6 @@ def train(
         config.binarize = data.binarize
     steps_per_epoch = data.num_batches(config.batch_size)
     kind = resolve_step(config.step, device, steps_per_epoch * config.epochs, world.size)
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     record = {
         "vae_config": vae.config.to_dict(),
         "train_config": config.to_dict(),
@@ -229,6 +252,9 @@ def train(
             if scheduler is not None:
                 scheduler.step()
             if world.is_main:
+                # The row first: a crash between the two leaves a row past the checkpoint,
+                # which resume drops, never a checkpoint without its row.
+                append_metrics(out, m)
                 save_checkpoint(
                     out / CHECKPOINT_NAME,
                     {
@@ -239,7 +265,6 @@ def train(
                         "epoch": epoch,
                     },
                 )
-                append_metrics(out, m)
                 log(_epoch_line(m, config.epochs))
                 if tensorboard is not None:
                     tensorboard.log_epoch(vae, data, m)

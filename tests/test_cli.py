@@ -6,18 +6,28 @@ the rest calls ``pyro_vae.cli.main`` in-process.
 
 from __future__ import annotations
 
+import fractions
+import io
 import json
 import math
 import os
+import random
+import re
+import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import assert_one_line_error
+from synthetic import write_image_folder
 
 from pyro_vae.cli import COMMANDS, main
 from pyro_vae.data import MNIST_FILES
+from pyro_vae.runlock import run_lock
 
 # Any download attempt hits a closed local port at once: "offline", whatever the machine has.
 OFFLINE = {
@@ -118,8 +128,13 @@ def test_evaluate_a_missing_run_dir_is_one_line(tmp_path):
 
 # The bad-input table: what a new user types wrong. Each gets one line on stderr naming the
 # problem and the fix, exit code 2, no traceback, and leaves an existing run byte-identical.
-# Placeholders: RUN (a trained run), CORRUPT (a run whose checkpoint is garbage), FILE (a plain
-# file), EMPTY (an empty folder), DATA (the real MNIST), and damaged copies of it.
+# Placeholders: RUN (a trained run), CORRUPT (a run whose checkpoint is random bytes), CUT (one
+# whose checkpoint is a real one cut in half), FOREIGN (one whose checkpoint is a torch file of
+# other objects), FILE (a plain file), EMPTY (an empty folder), DATA (the real MNIST), and
+# damaged copies of it; IMAGES and TESTIMAGES (image folders of 28 x 28 images), LINK (a
+# symlink to IMAGES), IMAGERUN (a run trained on IMAGES), BUSY (a run whose lock this process
+# holds, as a training run would). The commands run in the folder holding IMAGES as images/,
+# so relative paths are tried too.
 BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("no command", [], "required: COMMAND"),
     ("unknown command", ["fit"], "invalid choice: 'fit'"),
@@ -163,6 +178,12 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ),
     ("--resume, no run", ["train", "--out", "EMPTY", "--resume"], "no checkpoint at"),
     (
+        "--resume while another run trains there",
+        ["train", "--out", "BUSY", "--resume", "--epochs", "2"],
+        f"BUSY is in use by another pyro-vae run (pid {os.getpid()} on host "
+        f"{socket.gethostname()}); wait for it to finish or stop it",
+    ),
+    (
         "truncated MNIST file",
         ["train", "--data-dir", "TRUNCATED"],
         "t10k-images-idx3-ubyte is damaged: expected 7840016 bytes for shape [10000, 28, 28], "
@@ -175,7 +196,26 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ),
     ("empty MNIST file", ["train", "--data-dir", "EMPTYFILE"], "is damaged: the file is empty"),
     ("evaluate, no run", ["evaluate", "EMPTY"], "no checkpoint at"),
-    ("evaluate, corrupt checkpoint", ["evaluate", "CORRUPT"], "cannot read checkpoint"),
+    (
+        "evaluate, random bytes for a checkpoint",
+        ["evaluate", "CORRUPT"],
+        "checkpoint.pt: the file is damaged or is not a pyro-vae checkpoint (not a zip archive)",
+    ),
+    (
+        "evaluate, truncated checkpoint",
+        ["evaluate", "CUT"],
+        "checkpoint.pt: the file is damaged or is not a pyro-vae checkpoint (RuntimeError)",
+    ),
+    (
+        "evaluate, a torch file of other objects",
+        ["evaluate", "FOREIGN"],
+        "checkpoint.pt: the file is damaged or is not a pyro-vae checkpoint (UnpicklingError)",
+    ),
+    (
+        "--resume, truncated checkpoint",
+        ["train", "--out", "CUT", "--resume"],
+        "the file is damaged or is not a pyro-vae checkpoint (RuntimeError)",
+    ),
     ("evaluate --num-samples -1", ["evaluate", "RUN", "--num-samples", "-1"], "at least 0"),
     ("evaluate --batch-size 0", ["evaluate", "RUN", "--batch-size", "0"], "at least 1"),
     ("sample --label on a VAE", ["sample", "RUN", "--label", "3"], "unconditional"),
@@ -189,6 +229,49 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         "evaluate on another dataset",
         ["evaluate", "RUN", "--dataset", "kmnist"],
         "was trained on mnist, not kmnist; drop --dataset",
+    ),
+    (
+        "serve --port 99999",
+        ["serve", "RUN", "--port", "99999"],
+        "argument --port: must be a TCP port from 1 to 65535 (0: a free one), got 99999",
+    ),
+    ("serve --port -1", ["serve", "RUN", "--port", "-1"], "must be a TCP port from 1 to 65535"),
+    (
+        "--out inside the folder: dataset",
+        ["train", "--dataset", "folder:IMAGES", "--out", "IMAGES/run"],
+        "--out IMAGES/run lies inside the image folder of folder:IMAGES: the PNGs written there "
+        "would become images of the dataset; choose --out outside IMAGES",
+    ),
+    (
+        "--out is the folder: dataset",
+        ["train", "--dataset", "folder:IMAGES", "--out", "IMAGES"],
+        "lies inside the image folder of folder:IMAGES",
+    ),
+    (
+        "--out inside it, relative",
+        ["train", "--dataset", "folder:IMAGES", "--out", "images/../images/bars/run"],
+        "--out images/../images/bars/run lies inside the image folder of folder:IMAGES",
+    ),
+    (
+        "--out inside it through a symlink",
+        ["train", "--dataset", "folder:images", "--out", "LINK/run"],
+        "--out LINK/run lies inside the image folder of folder:images",
+    ),
+    (
+        "--out inside the --test-dataset folder",
+        ["train", "--dataset", "folder:IMAGES", "--test-dataset", "folder:TESTIMAGES"]
+        + ["--out", "TESTIMAGES/dots/run"],
+        "lies inside the image folder of folder:TESTIMAGES",
+    ),
+    (
+        "compare-elbo --out inside the run's folder: dataset",
+        ["compare-elbo", "IMAGERUN", "--out", "IMAGES/bars"],
+        "--out IMAGES/bars lies inside the image folder of folder:IMAGES",
+    ),
+    (
+        "sample --out inside the run's folder: dataset",
+        ["sample", "IMAGERUN", "--out", "LINK/dots/sample.png"],
+        "--out LINK/dots/sample.png lies inside the image folder of folder:IMAGES",
     ),
 ]
 
@@ -204,26 +287,49 @@ def _damaged_copy(root: Path, data: Path, name: str, content: bytes) -> Path:
     return root
 
 
+def _run_with_checkpoint(folder: Path, content: bytes) -> Path:
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(content)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
+def places(mnist_dir, tmp_path_factory) -> Iterator[dict[str, Path]]:
     """What the placeholders of BAD_INPUTS stand for."""
-    root = tmp_path_factory.mktemp("bad")
+    root = tmp_path_factory.mktemp("bad").resolve()  # as the messages show folders
     run = root / "run"
+    tiny = ["--epochs", "1", "--z-dim", "2", "--hidden-dims", "16", "--device", "cpu"]
     code = main(
-        ["train", "--data-dir", str(mnist_dir), "--out", str(run), "--epochs", "1"]
-        + ["--train-subset", "200", "--test-subset", "50", "--z-dim", "2", "--hidden-dims", "16"]
-        + ["--device", "cpu", "--no-progress"]
+        ["train", "--data-dir", str(mnist_dir), "--out", str(run), "--no-progress", *tiny]
+        + ["--train-subset", "200", "--test-subset", "50"]
     )
     assert code == 0
-    corrupt = root / "corrupt"
-    corrupt.mkdir()
-    (corrupt / "checkpoint.pt").write_bytes(b"not a checkpoint" * 10)
+    image_folder = write_image_folder(root / "images", per_class=6, sizes=((28, 28),))
+    image_run = root / "image-run"
+    code = main(
+        ["train", "--dataset", f"folder:{image_folder}", "--out", str(image_run), *tiny]
+        + ["--no-progress"]
+    )
+    assert code == 0
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    foreign = io.BytesIO()
+    torch.save({"model": fractions.Fraction(1, 3)}, foreign)  # not weights: refused unpickled
+    (root / "link").symlink_to(image_folder)
+    busy = shutil.copytree(run, root / "busy")
     (root / "file").write_text("I am a file")
     (root / "empty").mkdir()
     images = (mnist_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
-    return {
+    places = {
+        "ROOT": root,
         "RUN": run,
-        "CORRUPT": corrupt,
+        "CORRUPT": _run_with_checkpoint(root / "corrupt", random.Random(0).randbytes(4096)),
+        "CUT": _run_with_checkpoint(root / "cut", checkpoint[: len(checkpoint) // 2]),
+        "FOREIGN": _run_with_checkpoint(root / "foreign", foreign.getvalue()),
+        "IMAGES": image_folder,
+        "TESTIMAGES": write_image_folder(root / "test-images", per_class=2, sizes=((28, 28),)),
+        "LINK": root / "link",
+        "IMAGERUN": image_run,
+        "BUSY": busy,
         "FILE": root / "file",
         "EMPTY": root / "empty",
         "DATA": mnist_dir,
@@ -235,10 +341,27 @@ def places(mnist_dir, tmp_path_factory) -> dict[str, Path]:
         ),
         "EMPTYFILE": _damaged_copy(root / "emptyfile", mnist_dir, "train-images-idx3-ubyte", b""),
     }
+    with run_lock(busy):  # as a run training there would
+        yield places
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder (None) under ``folder``."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+        for p in folder.rglob("*")
+    }
+
+
+def _place(arg: str, places: dict[str, Path]) -> str:
+    """A placeholder replaced, also after folder: and before /rest."""
+    kind, colon, path = arg.partition(":") if arg.startswith("folder:") else ("", "", arg)
+    head, slash, rest = path.partition("/")
+    return kind + colon + (str(places[head]) + slash + rest if head in places else path)
+
+
+# What no bad input may change.
+KEPT = ("RUN", "IMAGES", "TESTIMAGES", "IMAGERUN", "CUT", "EMPTY", "BUSY")
 
 
 @pytest.mark.mnist
@@ -251,18 +374,23 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
     assert len(BAD_INPUTS) >= 25
     for k, v in OFFLINE.items():  # a missing file would be fetched: here, it must not be
         monkeypatch.setenv(k, v)
-    argv = [str(places.get(a, a)) for a in argv]
+    monkeypatch.chdir(places["ROOT"])
+    argv = [_place(a, places) for a in argv]
+    for key in sorted(places, key=len, reverse=True):
+        expected = re.sub(rf"\b{key}\b", str(places[key]), expected)
     if argv and argv[0] == "train" and "--out" not in argv:
         argv += ["--out", str(places["EMPTY"] / "new")]
     if argv and argv[0] in ("train", "evaluate", "plot", "compare-elbo", "sample"):
         argv += [] if "--device" in argv else ["--device", "cpu"]
         if argv[0] != "sample" and "--data-dir" not in argv:
             argv += ["--data-dir", str(places["DATA"])]
-    before = _snapshot(places["RUN"])
+    before = {k: _snapshot(places[k]) for k in KEPT}
     code = main(argv)
-    assert_one_line_error(code, capsys.readouterr().err, expected)
-    assert _snapshot(places["RUN"]) == before
-    assert not (places["EMPTY"] / "new" / "checkpoint.pt").exists()
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err, expected)
+    assert "weights_only" not in err  # torch's advice, never to be taken for a damaged file
+    assert {k: _snapshot(places[k]) for k in KEPT} == before
+    assert not (places["EMPTY"] / "new").exists()
 
 
 @pytest.mark.mnist

@@ -67,6 +67,18 @@ def test_port_in_use_and_missing_run_are_one_line_errors(tmp_path, capsys):
     assert err.count("\n") == 1 and "no checkpoint at" in err and str(tmp_path / "run") in err
 
 
+@pytest.mark.parametrize("port", [-1, 65536, 99999])
+def test_a_port_out_of_range_is_a_one_line_error_from_python_too(port, tmp_path):
+    """The Python API gets the ValueError the command line turns into one line, not the
+    OverflowError of socket.bind, and before the run is loaded."""
+    from pyro_vae.serve import check_port, serve
+
+    with pytest.raises(ValueError, match=f"port {port} is not a TCP port; pass a --port from 1"):
+        check_port("127.0.0.1", port)
+    with pytest.raises(ValueError, match="is not a TCP port"):
+        serve(tmp_path / "no-run", tmp_path, port=port)
+
+
 # ---------------------------------------------------------------- in a browser
 
 

@@ -186,6 +186,43 @@ def test_resume_after_one_epoch_equals_two_epochs_straight(pyro_mode, mnist_dir,
     assert drop(jsonl(tmp_path / "resumed" / "metrics.jsonl")) == drop(straight)
 
 
+class _Crash(Exception):
+    """The process dying between two writes."""
+
+
+def test_a_crash_between_an_epochs_two_writes_resumes_with_one_row_per_epoch(
+    mnist_dir, tmp_path, monkeypatch
+):
+    """Each epoch writes its metrics row and its checkpoint. Whichever comes second, a crash
+    just before it leaves a run that resumes with every epoch's row once, in order (a
+    checkpoint written before its row would resume past a row that was never written)."""
+    import pyro_vae.training as training
+
+    config = TrainConfig(
+        data_dir=str(mnist_dir), out=str(tmp_path / "run"), epochs=3, train_subset=64,
+        test_subset=32, device="cpu", step="eager",
+    )  # fmt: skip
+    quiet = {"progress": False, "write_figures": False, "log": lambda line: None}
+    writes = []
+
+    def crashing(name, write):
+        def wrapped(*args, **kwargs):
+            writes.append(name)
+            if len(writes) == 4:  # the second write of epoch 2
+                raise _Crash
+            return write(*args, **kwargs)
+
+        return wrapped
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "save_checkpoint", crashing("checkpoint", training.save_checkpoint))
+        m.setattr(training, "append_metrics", crashing("row", training.append_metrics))
+        with pytest.raises(_Crash):
+            train(VAEConfig(z_dim=2, hidden_dims=(16,)), config, **quiet)
+    train(None, config, resume=True, **quiet)
+    assert [r["epoch"] for r in jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+
 def _short(mnist_dir, out, step: str, epochs: int = 2) -> TrainConfig:
     return TrainConfig(
         data_dir=str(mnist_dir),
