@@ -1,8 +1,9 @@
 """Server-side cost of each interaction of the latent-space explorer (``pyro-vae serve``).
 
 Times, on one CPU thread, the Python work behind each event of the page: the model's batch
-(pyro_vae.app), the pictures (pyro_vae.app_view) and the PNG encoding of every image sent back,
-as Gradio does it. What is not timed: Gradio's queue and HTTP round trip, and the browser.
+(pyro_vae.app.explorer), the pictures (pyro_vae.app.view) and the PNG encoding of every
+image sent back, as Gradio does it. What is not timed: Gradio's queue and HTTP round trip,
+and the browser.
 
     python benchmarks/explorer_latency.py                      # the default network, 784-400-50
     python benchmarks/explorer_latency.py --num-classes 10     # the CVAE: every label per drawing
@@ -26,8 +27,8 @@ import torch
 from PIL import Image
 
 from pyro_vae import VAE
-from pyro_vae.app import Explorer, drawing_to_pixels, to_image
-from pyro_vae.app_view import enlarge, pad_background, pad_image
+from pyro_vae.app.explorer import Explorer, drawing_to_pixels, to_image
+from pyro_vae.app.view import enlarge, pad_background, pad_image
 
 
 def png(img: np.ndarray) -> bytes:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from pyro_vae.figures import save_png
+from pyro_vae.figures.run_figures import save_png
 
 # Table 1: test NLL (k = 5000) after the full protocol.
 PAPER = {("Trace_ELBO", 1): 86.76, ("Trace_ELBO", 5): 86.47, ("IWAE", 5): 85.54}

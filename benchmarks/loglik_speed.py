@@ -14,7 +14,7 @@ import statistics
 import torch
 
 from pyro_vae import VAE
-from pyro_vae.loglik import evaluate_log_likelihood
+from pyro_vae.inference.loglik import evaluate_log_likelihood
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MIN_SCALE = 1e-4  # as pyro_vae.networks.GUIDE_MIN_SCALE
+MIN_SCALE = 1e-4  # as pyro_vae.models.networks.GUIDE_MIN_SCALE
 LOG_2PI = math.log(2 * math.pi)
 ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh, "relu": nn.ReLU}
 

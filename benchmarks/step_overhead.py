@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE, TrainConfig  # noqa: E402
-from pyro_vae.distributed import World  # noqa: E402
-from pyro_vae.schedules import make_optimizer  # noqa: E402
-from pyro_vae.step import build_step  # noqa: E402
+from pyro_vae.inference.steps import build_step  # noqa: E402
+from pyro_vae.runtime.distributed import World  # noqa: E402
+from pyro_vae.training.schedules import make_optimizer  # noqa: E402
 
 
 def main() -> None:

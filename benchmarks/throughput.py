@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE, TrainConfig  # noqa: E402
-from pyro_vae.data import MNISTData, load_mnist  # noqa: E402
-from pyro_vae.device import resolve_device, synchronize  # noqa: E402
-from pyro_vae.distributed import World  # noqa: E402
-from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
-from pyro_vae.loglik import evaluate_log_likelihood  # noqa: E402
-from pyro_vae.schedules import make_optimizer  # noqa: E402
-from pyro_vae.step import build_step  # noqa: E402
+from pyro_vae.data.images import MNISTData, load_mnist  # noqa: E402
+from pyro_vae.inference.loglik import evaluate_log_likelihood  # noqa: E402
+from pyro_vae.inference.steps import build_step  # noqa: E402
+from pyro_vae.models.likelihoods import BernoulliLikelihood  # noqa: E402
+from pyro_vae.runtime.device import resolve_device, synchronize  # noqa: E402
+from pyro_vae.runtime.distributed import World  # noqa: E402
+from pyro_vae.training.schedules import make_optimizer  # noqa: E402
 
 NUM_TRAIN = 60_000
 

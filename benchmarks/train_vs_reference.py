@@ -27,9 +27,9 @@ from pyro_vae import (  # noqa: E402
     VAEConfig,
     train,  # noqa: E402
 )
-from pyro_vae.data import MNISTData, default_data_dir  # noqa: E402
-from pyro_vae.device import resolve_device  # noqa: E402
-from pyro_vae.likelihoods import BernoulliLikelihood  # noqa: E402
+from pyro_vae.data.images import MNISTData, default_data_dir  # noqa: E402
+from pyro_vae.models.likelihoods import BernoulliLikelihood  # noqa: E402
+from pyro_vae.runtime.device import resolve_device  # noqa: E402
 
 
 @torch.no_grad()

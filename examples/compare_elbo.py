@@ -7,7 +7,7 @@ Both runs start from the same weights and see the same batches (same seed), taki
 in turn so that both are timed under the same machine load; the seconds count training steps
 only. The test -ELBO of both is measured with the same estimator (analytic KL) and the same
 seed every --eval-every steps. Writes OUT/learning_curves.png, then runs
-``pyro_vae.compare`` on the Trace_ELBO-trained model: OUT/compare_elbo.png and
+``pyro_vae.evaluation.compare`` on the Trace_ELBO-trained model: OUT/compare_elbo.png and
 OUT/compare_elbo.json (which also holds the curves and the test NLL of both models).
 """
 
@@ -21,15 +21,17 @@ from pathlib import Path
 import torch
 
 from pyro_vae import VAE, TrainConfig, VAEConfig
-from pyro_vae.compare import ELBOS, compare_estimators, format_table
-from pyro_vae.compare_plots import comparison_figure, learning_curves_figure
-from pyro_vae.data import MNISTData, default_data_dir
-from pyro_vae.device import resolve_device
-from pyro_vae.evaluate import ESTIMATORS, evaluate_elbo, labels_for
-from pyro_vae.loglik import evaluate_log_likelihood
-from pyro_vae.rng import seeded
-from pyro_vae.schedules import make_optimizer
-from pyro_vae.step import EagerStep, ELBOLoss
+from pyro_vae.data.images import MNISTData
+from pyro_vae.data.torchvision_data import default_data_dir
+from pyro_vae.evaluation.compare import ELBOS, compare_estimators, format_table
+from pyro_vae.evaluation.elbo import ESTIMATORS, evaluate_elbo
+from pyro_vae.figures.compare import comparison_figure, learning_curves_figure
+from pyro_vae.inference.loglik import evaluate_log_likelihood
+from pyro_vae.inference.steps import EagerStep, ELBOLoss
+from pyro_vae.models.vae import labels_for
+from pyro_vae.runtime.device import resolve_device
+from pyro_vae.runtime.rng import seeded
+from pyro_vae.training.schedules import make_optimizer
 
 
 def _sync(device: torch.device) -> None:

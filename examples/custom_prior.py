@@ -21,11 +21,12 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae import VAE, TrainConfig, load_vae, train
-from pyro_vae.data import MNISTData, default_data_dir
-from pyro_vae.figures import plot_run
-from pyro_vae.likelihoods import Likelihood
-from pyro_vae.loglik import evaluate_log_likelihood
-from pyro_vae.rng import seeded
+from pyro_vae.data.images import MNISTData
+from pyro_vae.data.torchvision_data import default_data_dir
+from pyro_vae.figures.run_figures import plot_run
+from pyro_vae.inference.loglik import evaluate_log_likelihood
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.runtime.rng import seeded
 
 
 class NoisyBernoulli(Likelihood):

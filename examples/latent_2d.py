@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 from pyro_vae import TrainConfig, VAEConfig, train
-from pyro_vae.data import default_data_dir
-from pyro_vae.figures import GRID_EXTENT, GRID_SIZE, plot_run
+from pyro_vae.data.torchvision_data import default_data_dir
+from pyro_vae.figures.run_figures import GRID_EXTENT, GRID_SIZE, plot_run
 
 
 def main(argv: list[str] | None = None) -> None:

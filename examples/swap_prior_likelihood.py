@@ -20,10 +20,11 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae import TrainConfig, VAEConfig, load_vae, train
-from pyro_vae.data import MNISTData, default_data_dir
-from pyro_vae.loglik import evaluate_log_likelihood
-from pyro_vae.plots import tile
-from pyro_vae.units import data_label, describe, in_units
+from pyro_vae.data.images import MNISTData
+from pyro_vae.data.torchvision_data import default_data_dir
+from pyro_vae.figures.plots import tile
+from pyro_vae.inference.loglik import evaluate_log_likelihood
+from pyro_vae.inference.units import data_label, describe, in_units
 
 DEFAULT_COMBOS = (
     "normal:bernoulli,mog:bernoulli,vamp:bernoulli,"

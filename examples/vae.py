@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from pyro_vae import TrainConfig, VAEConfig, train
-from pyro_vae.data import default_data_dir
+from pyro_vae.data.torchvision_data import default_data_dir
 
 
 def main(argv: list[str] | None = None) -> None:

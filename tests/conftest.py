@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.data import DATA_ENV, MNIST_FILES
+from pyro_vae.data.torchvision_data import DATA_ENV, MNIST_FILES
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae import VAE, TrainConfig
-from pyro_vae.distributed import World
-from pyro_vae.schedules import make_optimizer
-from pyro_vae.step import ELBOLoss, build_step
+from pyro_vae.inference.steps import ELBOLoss, build_step
+from pyro_vae.runtime.distributed import World
+from pyro_vae.training.schedules import make_optimizer
 
 NUM_IMAGES = 11  # an uneven global batch: shards of 6 and 5
 

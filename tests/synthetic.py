@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pyro_vae.data import MNIST_FILES
+from pyro_vae.data.torchvision_data import MNIST_FILES
 
 
 def images(

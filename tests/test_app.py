@@ -1,4 +1,4 @@
-"""The functions behind the explorer's page (pyro_vae.app), without a browser or Gradio.
+"""The functions behind the explorer's page (pyro_vae.app.explorer), without a browser or Gradio.
 
 Each runs in both Pyro modes, the VAE built under the setting it runs with. The oracles are the
 library's own pieces: ``VAE.decode``, ``loglik.log_marginal``, ``elbo.elbo_terms`` on the same
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from pyro_vae import VAE
-from pyro_vae.app import Explorer, drawing_to_pixels, latent_axes, to_image
-from pyro_vae.data import load_mnist
-from pyro_vae.elbo import elbo_terms
-from pyro_vae.loglik import log_marginal
-from pyro_vae.priors import as_latent_event
-from pyro_vae.rng import seeded
+from pyro_vae.app.explorer import Explorer, drawing_to_pixels, latent_axes, to_image
+from pyro_vae.data.torchvision_data import load_mnist
+from pyro_vae.inference.loglik import log_marginal
+from pyro_vae.inference.objectives import elbo_terms
+from pyro_vae.models.priors import as_latent_event
+from pyro_vae.runtime.rng import seeded
 
 
 @pytest.fixture(params=[False, True], ids=["param-store", "module-local"])

@@ -1,4 +1,4 @@
-"""The explorer's pictures and identity card (pyro_vae.app_view): the pad's pixels map to the
+"""The explorer's pictures and identity card (pyro_vae.app.view): the pad's pixels map to the
 points drawn there, markers land where asked, the card says what the run's files say."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib import colormaps
 
-from pyro_vae.app_view import (
+from pyro_vae.app.view import (
     CURRENT_COLOR,
     DRAWING_COLOR,
     coords_to_pad,
@@ -20,7 +20,8 @@ from pyro_vae.app_view import (
     pad_to_coords,
     run_info,
 )
-from pyro_vae.config import TrainConfig, VAEConfig
+from pyro_vae.models.config import VAEConfig
+from pyro_vae.runs.options import TrainConfig
 
 EXTENT = 3.0
 SIZE = 120

@@ -25,9 +25,9 @@ import torch
 from conftest import assert_one_line_error
 from synthetic import write_image_folder
 
-from pyro_vae.cli import COMMANDS, main
-from pyro_vae.data import MNIST_FILES
-from pyro_vae.runlock import run_lock
+from pyro_vae.cli.main import COMMANDS, main
+from pyro_vae.data.torchvision_data import MNIST_FILES
+from pyro_vae.runs.lock import run_lock
 
 # Any download attempt hits a closed local port at once: "offline", whatever the machine has.
 OFFLINE = {

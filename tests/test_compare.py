@@ -21,17 +21,18 @@ from matplotlib.figure import Figure
 from test_loglik import exact_elbo, linear_gaussian
 
 from pyro_vae import VAE, load_vae, train
-from pyro_vae.cli import main
-from pyro_vae.compare import (
+from pyro_vae.cli.main import main
+from pyro_vae.data.images import MNISTData
+from pyro_vae.evaluation.compare import (
     compare_estimators,
     elbo_summary,
     format_table,
     gradient_variance,
     repeated_elbos,
 )
-from pyro_vae.compare_plots import comparison_figure, learning_curves_figure
-from pyro_vae.config import TrainConfig, VAEConfig
-from pyro_vae.data import MNISTData
+from pyro_vae.figures.compare import comparison_figure, learning_curves_figure
+from pyro_vae.models.config import VAEConfig
+from pyro_vae.runs.options import TrainConfig
 
 
 @pytest.fixture(autouse=True)

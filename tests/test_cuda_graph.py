@@ -27,12 +27,12 @@ from synthetic import write_tensor_file
 from test_step_objects import CUSTOM, FROZEN_WARNING, build, data
 
 from pyro_vae import VAE, TrainConfig, VAEConfig, train
-from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
-from pyro_vae.distributed import World
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.priors import PRIORS
-from pyro_vae.schedules import load_optimizer_state, make_optimizer, optimizer_state
-from pyro_vae.step import ELBOLoss, TracedStep, build_step
+from pyro_vae.inference.steps import ELBOLoss, TracedStep, build_step
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.priors import PRIORS
+from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.runtime.distributed import World
+from pyro_vae.training.schedules import load_optimizer_state, make_optimizer, optimizer_state
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SEED = 7

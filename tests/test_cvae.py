@@ -12,11 +12,11 @@ from pyro import poutine
 from pyro.infer import Predictive
 
 from pyro_vae import VAE, TrainConfig, VAEConfig, elbo_terms, train
-from pyro_vae.classifier import ClassifierConfig, load_or_train_classifier
-from pyro_vae.cli import main
-from pyro_vae.conditioning import conditioning_accuracy
-from pyro_vae.data import load_mnist
-from pyro_vae.model import VAEGuide, VAEModel
+from pyro_vae.cli.main import main
+from pyro_vae.data.torchvision_data import load_mnist
+from pyro_vae.evaluation.classifier import ClassifierConfig, load_or_train_classifier
+from pyro_vae.evaluation.conditioning import conditioning_accuracy
+from pyro_vae.models.vae import VAEGuide, VAEModel
 
 Z, H, B, C = 3, (32,), 6, 10
 

@@ -9,16 +9,11 @@ import math
 import pytest
 import torch
 
-from pyro_vae.config import VAEConfig
-from pyro_vae.data import (
-    MNISTData,
-    dequantize,
-    idx_problem,
-    load_mnist,
-    resolve_binarize,
-    to_pixels,
-)
-from pyro_vae.likelihoods import (
+from pyro_vae.data.images import MNISTData
+from pyro_vae.data.pixels import dequantize, resolve_binarize, to_pixels
+from pyro_vae.data.torchvision_data import idx_problem, load_mnist
+from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
     BetaLikelihood,

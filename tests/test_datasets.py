@@ -20,10 +20,8 @@ from synthetic import (
     write_tensor_file,
 )
 
-from pyro_vae import plots
-from pyro_vae.cli import main
-from pyro_vae.data import MNIST_FILES, DataDamagedError, DataNotFoundError
-from pyro_vae.datasets import (
+from pyro_vae.cli.main import main
+from pyro_vae.data.datasets import (
     DATASETS,
     SPLIT_SEED,
     DatasetSpec,
@@ -31,6 +29,9 @@ from pyro_vae.datasets import (
     load_dataset,
     parse_dataset,
 )
+from pyro_vae.data.errors import DataDamagedError, DataNotFoundError
+from pyro_vae.data.torchvision_data import MNIST_FILES
+from pyro_vae.figures import plots
 
 # Any download attempt hits a closed local port at once: "offline", whatever the machine has.
 OFFLINE = {

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae.discretized import DiscretizedLogistic, eight_bit_grid
+from pyro_vae.models.discretized import DiscretizedLogistic, eight_bit_grid
 
 VALUES = torch.arange(256, dtype=torch.float64) / 255  # every pixel value k / 255
 LOCS = (-50.0, -1.0, 0.0, 0.3, 0.5, 1.0, 2.0, 50.0)

@@ -23,9 +23,9 @@ import torch
 import torch.multiprocessing as mp
 
 from pyro_vae import load_vae
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.distributed import World, epoch_order, epoch_seed, sharded_batches
-from pyro_vae.step import ELBOLoss
+from pyro_vae.inference.steps import ELBOLoss
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.runtime.distributed import World, epoch_order, epoch_seed, sharded_batches
 
 WORLD = 2
 
@@ -173,7 +173,7 @@ def test_torchrun_trains_writes_rank_zero_files_and_resumes_exactly(mnist_dir, t
 def test_torchrun_refuses_a_gpu_index(monkeypatch):
     """Under torchrun LOCAL_RANK picks the GPU: ``--device cuda:1`` would put every rank on one
     GPU, so it is refused with the fix (checked before any process group is joined)."""
-    from pyro_vae.distributed import init_world
+    from pyro_vae.runtime.distributed import init_world
 
     for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(k, v)

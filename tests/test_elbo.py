@@ -1,4 +1,5 @@
-"""``pyro_vae.elbo.elbo_terms`` against Pyro's own ELBOs and against an independent oracle.
+"""``pyro_vae.inference.objectives.elbo_terms`` against Pyro's own ELBOs and an independent
+oracle.
 
 - On the same random draws it equals ``Trace_ELBO`` / ``TraceMeanField_ELBO``: loss and gradients,
   for every registered prior x likelihood x (conditional or not), in both of Pyro's modes.
@@ -20,9 +21,9 @@ import torch.nn.functional as F
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, elbo_terms
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.networks import GUIDE_MIN_SCALE
-from pyro_vae.priors import PRIORS
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.networks import GUIDE_MIN_SCALE
+from pyro_vae.models.priors import PRIORS
 
 Z_DIM = 6
 HIDDEN = (32,)

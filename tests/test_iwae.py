@@ -9,11 +9,12 @@ import torch
 from pyro.infer import RenyiELBO
 
 from pyro_vae import VAE, TrainConfig, VAEConfig, train
-from pyro_vae.data import MNISTData, to_pixels
-from pyro_vae.elbo import iwae_terms
-from pyro_vae.loglik import iw_bound, log_weights
-from pyro_vae.rng import seeded
-from pyro_vae.runs import load_vae
+from pyro_vae.data.images import MNISTData
+from pyro_vae.data.pixels import to_pixels
+from pyro_vae.inference.loglik import iw_bound, log_weights
+from pyro_vae.inference.objectives import iwae_terms
+from pyro_vae.runs.records import load_vae
+from pyro_vae.runtime.rng import seeded
 
 
 @pytest.mark.parametrize("num_classes", [0, 10])

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from pyro_vae import VAE, elbo_terms
-from pyro_vae.cli import main
-from pyro_vae.data import resolve_binarize, to_pixels
-from pyro_vae.evaluate import evaluate_elbo
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.loglik import evaluate_log_likelihood, iw_bound, log_marginal, log_weights
-from pyro_vae.networks import GUIDE_MIN_SCALE
-from pyro_vae.priors import PRIORS
-from pyro_vae.units import bits_per_dim, dequantization_nats
+from pyro_vae.cli.main import main
+from pyro_vae.data.pixels import resolve_binarize, to_pixels
+from pyro_vae.evaluation.elbo import evaluate_elbo
+from pyro_vae.inference.loglik import evaluate_log_likelihood, iw_bound, log_marginal, log_weights
+from pyro_vae.inference.units import bits_per_dim, dequantization_nats
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.networks import GUIDE_MIN_SCALE
+from pyro_vae.models.priors import PRIORS
 
 X_DIM, Z_DIM, SIGMA = 6, 2, 0.5
 # Column norms of W: the posterior N(m(x), S) has S = diag(1 / (1 + s^2 / sigma^2)) when the

@@ -16,8 +16,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import VAE, TrainConfig, load_vae, train
-from pyro_vae.cli import main
-from pyro_vae.priors import PRIORS
+from pyro_vae.cli.main import main
+from pyro_vae.models.priors import PRIORS
 
 NUM_CLASSES = 10
 

@@ -11,10 +11,11 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import AxesImage, imread
 
-from pyro_vae import VAE, cli, plots
-from pyro_vae.config import VAEConfig
-from pyro_vae.data import MNISTData
-from pyro_vae.figures import (
+import pyro_vae.cli.main as cli
+from pyro_vae import VAE
+from pyro_vae.data.images import MNISTData
+from pyro_vae.figures import plots
+from pyro_vae.figures.run_figures import (
     FIGURES,
     figure_names,
     grid_values,
@@ -22,7 +23,8 @@ from pyro_vae.figures import (
     make_figures,
     pca_2d,
 )
-from pyro_vae.likelihoods import BernoulliLikelihood
+from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.likelihoods import BernoulliLikelihood
 
 IMAGE = 28 * 28
 
@@ -284,7 +286,7 @@ def test_plot_reports_a_missing_run_in_one_line(tmp_path, capsys):
 def test_saved_pngs_are_palette_images_that_keep_grey_exact_and_colours(tmp_path):
     from PIL import Image
 
-    from pyro_vae.figures import save_png
+    from pyro_vae.figures.run_figures import save_png
 
     fig = plots.samples_figure(images(16))
     save_png(fig, tmp_path / "grey.png")

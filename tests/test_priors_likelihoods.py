@@ -17,9 +17,9 @@ from pyro import poutine
 from pyro.distributions.transforms import AffineTransform
 
 from pyro_vae import VAE, elbo_terms
-from pyro_vae.likelihoods import LIKELIHOOD_MIN_SCALE, LIKELIHOODS
-from pyro_vae.networks import GUIDE_MIN_SCALE
-from pyro_vae.priors import PRIORS
+from pyro_vae.models.likelihoods import LIKELIHOOD_MIN_SCALE, LIKELIHOODS
+from pyro_vae.models.networks import GUIDE_MIN_SCALE
+from pyro_vae.models.priors import PRIORS
 
 Z_DIM, HIDDEN, BATCH, NUM_CLASSES = 4, (32,), 8, 10
 

@@ -24,11 +24,12 @@ import pytest
 import torch.distributed as dist
 from conftest import assert_one_line_error
 
-from pyro_vae import TrainConfig, VAEConfig, runlock, train
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.cli import main
-from pyro_vae.distributed import World
-from pyro_vae.runlock import LOCK_NAME, RunInUseError, run_lock
+import pyro_vae.runs.lock as runlock
+from pyro_vae import TrainConfig, VAEConfig, train
+from pyro_vae.cli.main import main
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.runs.lock import LOCK_NAME, RunInUseError, run_lock
+from pyro_vae.runtime.distributed import World
 
 HOST = socket.gethostname()
 QUIET = {"progress": False, "log": lambda s: None}

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pyro_vae import VAE, TrainConfig, VAEConfig, load_vae, train
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint
-from pyro_vae.cli import main
-from pyro_vae.evaluate import evaluate_elbo
-from pyro_vae.figures import figure_names, plot_run
-from pyro_vae.loglik import evaluate_log_likelihood
-from pyro_vae.runs import load_run
+from pyro_vae.cli.main import main
+from pyro_vae.evaluation.elbo import evaluate_elbo
+from pyro_vae.figures.run_figures import figure_names, plot_run
+from pyro_vae.inference.loglik import evaluate_log_likelihood
+from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.runs.records import load_run
 
 pytestmark = pytest.mark.mnist
 Z = 3

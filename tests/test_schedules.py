@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from pyro_vae import TrainConfig, VAEConfig, train
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.cli import build_parser
-from pyro_vae.cli_args import typed_options
-from pyro_vae.cli_train import configs_from_args
-from pyro_vae.presets import IWAE_PAPER
-from pyro_vae.schedules import make_optimizer, make_scheduler, stage_boundaries, staged_lr
+from pyro_vae.cli.args import typed_options
+from pyro_vae.cli.main import build_parser
+from pyro_vae.cli.train import configs_from_args
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.runs.presets import IWAE_PAPER
+from pyro_vae.training.schedules import make_optimizer, make_scheduler, stage_boundaries, staged_lr
 
 
 def parse_train(*argv: str):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -45,7 +45,7 @@ def test_serve_without_the_app_extra_names_the_pip_command(monkeypatch, capsys, 
 
 def test_serve_help_and_parsing_do_not_import_gradio():
     code = (
-        "import sys\nfrom pyro_vae.cli import build_parser\n"
+        "import sys\nfrom pyro_vae.cli.main import build_parser\n"
         "build_parser().parse_args(['serve', 'run', '--port', '0'])\n"
         "assert 'gradio' not in sys.modules, 'gradio imported at parse time'"
     )
@@ -71,7 +71,7 @@ def test_port_in_use_and_missing_run_are_one_line_errors(tmp_path, capsys):
 def test_a_port_out_of_range_is_a_one_line_error_from_python_too(port, tmp_path):
     """The Python API gets the ValueError the command line turns into one line, not the
     OverflowError of socket.bind, and before the run is loaded."""
-    from pyro_vae.serve import check_port, serve
+    from pyro_vae.app.serve import check_port, serve
 
     with pytest.raises(ValueError, match=f"port {port} is not a TCP port; pass a --port from 1"):
         check_port("127.0.0.1", port)
@@ -84,7 +84,8 @@ def test_a_port_out_of_range_is_a_one_line_error_from_python_too(port, tmp_path)
 
 def _train(out: Path, mnist_dir: Path, **vae) -> Path:
     from pyro_vae import train
-    from pyro_vae.config import TrainConfig, VAEConfig
+    from pyro_vae.models.config import VAEConfig
+    from pyro_vae.runs.options import TrainConfig
 
     config = TrainConfig(data_dir=str(mnist_dir), out=str(out), epochs=1, train_subset=500,
                          test_subset=300, device="cpu")  # fmt: skip

@@ -20,11 +20,11 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, TrainConfig
-from pyro_vae.distributed import World
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.priors import PRIORS
-from pyro_vae.schedules import make_optimizer
-from pyro_vae.step import ELBOLoss, TracedStep, build_step, trace_step
+from pyro_vae.inference.steps import ELBOLoss, TracedStep, build_step, trace_step
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.priors import PRIORS
+from pyro_vae.runtime.distributed import World
+from pyro_vae.training.schedules import make_optimizer
 
 SEED = 3
 REGISTRY = [
@@ -224,9 +224,9 @@ def test_compiling_leaves_the_sessions_validation_on():
     code = (
         "import pyro, torch\n"
         "from pyro_vae import VAE, TrainConfig\n"
-        "from pyro_vae.distributed import World\n"
-        "from pyro_vae.schedules import make_optimizer\n"
-        "from pyro_vae.step import build_step\n"
+        "from pyro_vae.runtime.distributed import World\n"
+        "from pyro_vae.training.schedules import make_optimizer\n"
+        "from pyro_vae.inference.steps import build_step\n"
         "pyro.enable_validation(True)\n"
         "vae = VAE(z_dim=2, hidden_dims=(4,))\n"
         "c = TrainConfig()\n"

@@ -30,11 +30,7 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_vae import VAE, TrainConfig
-from pyro_vae.distributed import World
-from pyro_vae.likelihoods import LIKELIHOODS, Likelihood
-from pyro_vae.priors import PRIORS
-from pyro_vae.schedules import make_optimizer
-from pyro_vae.step import (
+from pyro_vae.inference.steps import (
     ELBOLoss,
     TracedStep,
     UntraceableError,
@@ -43,7 +39,11 @@ from pyro_vae.step import (
     split_parameters,
     trace_step,
 )
-from pyro_vae.tracing import compile_graph, trace_forward
+from pyro_vae.inference.tracing import compile_graph, trace_forward
+from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood
+from pyro_vae.models.priors import PRIORS
+from pyro_vae.runtime.distributed import World
+from pyro_vae.training.schedules import make_optimizer
 
 Z = 3
 SEED = 5

@@ -13,12 +13,12 @@ import torch
 from conftest import PYRO_MODES
 
 from pyro_vae import TrainConfig, VAEConfig, load_vae
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.data import MNISTData
-from pyro_vae.elbo import elbo_terms
-from pyro_vae.evaluate import evaluate_elbo
-from pyro_vae.model import VAE
-from pyro_vae.training import EVAL_BATCH, train
+from pyro_vae.data.images import MNISTData
+from pyro_vae.evaluation.elbo import evaluate_elbo
+from pyro_vae.inference.objectives import elbo_terms
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.training.loop import EVAL_BATCH, train
 
 pytestmark = pytest.mark.mnist
 
@@ -196,7 +196,7 @@ def test_a_crash_between_an_epochs_two_writes_resumes_with_one_row_per_epoch(
     """Each epoch writes its metrics row and its checkpoint. Whichever comes second, a crash
     just before it leaves a run that resumes with every epoch's row once, in order (a
     checkpoint written before its row would resume past a row that was never written)."""
-    import pyro_vae.training as training
+    import pyro_vae.training.loop as training
 
     config = TrainConfig(
         data_dir=str(mnist_dir), out=str(tmp_path / "run"), epochs=3, train_subset=64,
@@ -272,8 +272,8 @@ def test_resume_with_the_replayed_graph_is_exact(mnist_dir, tmp_path):
 def test_a_nan_stops_training_in_one_line_and_keeps_the_last_good_checkpoint(
     step, mnist_dir, tmp_path, capsys, monkeypatch
 ):
-    from pyro_vae import training
-    from pyro_vae.cli import main
+    import pyro_vae.training.loop as training
+    from pyro_vae.cli.main import main
 
     run = tmp_path / "run"
     common = ["--data-dir", str(mnist_dir), "--device", "cpu", "--no-progress"]

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from pyro_vae import units
-from pyro_vae.config import VAEConfig
-from pyro_vae.data import dequantize
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.data.pixels import dequantize
+from pyro_vae.inference import units
+from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.likelihoods import LIKELIHOODS
 
 D = 784
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from synthetic import write_image_folder, write_tensor_file
 
-from pyro_vae.data import DataError, DataNotFoundError
-from pyro_vae.user_data import read_folder, read_tensor_file
+from pyro_vae.data.errors import DataError, DataNotFoundError
+from pyro_vae.data.user_data import read_folder, read_tensor_file
 
 
 def test_folder_reads_grayscale_with_subfolder_labels(tmp_path):

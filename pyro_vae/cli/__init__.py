@@ -1,0 +1,4 @@
+"""The ``pyro-vae`` command line: parsing, one-line errors, the subcommands.
+
+The top layer.
+"""

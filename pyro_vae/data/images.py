@@ -1,0 +1,122 @@
+"""A dataset on the training device: uint8 pixels cut into shuffled batches there.
+
+The whole dataset (47 MB of MNIST as uint8) is moved to the device once; each batch is an index
+into it and is turned into the likelihood's representation (``pixels.py``) on the device, so
+there are no per-image Python transforms and no per-step copies from the host.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from pyro_vae.data.datasets import DatasetSpec, load_dataset
+from pyro_vae.data.pixels import TEST_BINARIZE_SEED, resolve_binarize, to_pixels
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.runtime.distributed import World, sharded_batches
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive (x, y) slices of ``batch_size`` (the last one may be smaller)."""
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+@dataclass
+class MNISTData:
+    """Training images (uint8, binarized or dequantized per batch) and a fixed test set, on
+    ``device``."""
+
+    train_x: Tensor  # uint8 [N, D], D = H * W
+    train_y: Tensor  # int64 [N] (zeros for an unlabelled dataset)
+    test_x: Tensor  # float [M, D], already in the likelihood's representation
+    test_y: Tensor  # int64 [M]
+    binarize: str
+    likelihood: Likelihood
+    image_shape: tuple[int, int] = (28, 28)  # (H, W): how the figures draw a row of D pixels
+    # What the data are (datasets.load_dataset's record): name, shape, classes, split, hash of
+    # the test set. Runs store it; a run is scored only on the data it records.
+    dataset: dict = field(default_factory=lambda: {"name": "mnist"})
+
+    @classmethod
+    def load(
+        cls,
+        root: str | os.PathLike,
+        likelihood: Likelihood,
+        binarize: str = "auto",
+        device: torch.device | str = "cpu",
+        train_subset: int = 0,
+        test_subset: int = 0,
+        dataset: str | DatasetSpec = "mnist",
+    ) -> MNISTData:
+        """``dataset``: a name or a :class:`~pyro_vae.data.datasets.DatasetSpec` (see there)."""
+        binarize = resolve_binarize(binarize, likelihood)
+        raw = load_dataset(dataset, root)
+        train_x, train_y, test_x, test_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
+        if train_subset:
+            train_x, train_y = train_x[:train_subset], train_y[:train_subset]
+        if test_subset:
+            test_x, test_y = test_x[:test_subset], test_y[:test_subset]
+        gen = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
+        test = to_pixels(test_x, binarize, likelihood, generator=gen)
+        # One check of the representation up front, with an error that suggests the fix.
+        likelihood.check(test)
+        return cls(
+            train_x=train_x.to(device),
+            train_y=train_y.to(device),
+            test_x=test.to(device),
+            test_y=test_y.to(device),
+            binarize=binarize,
+            likelihood=likelihood,
+            image_shape=raw.image_shape,
+            dataset=raw.record,
+        )
+
+    @property
+    def num_train(self) -> int:
+        return self.train_x.shape[0]
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-self.num_train // batch_size)
+
+    def train_batches(
+        self, batch_size: int, order: Tensor | None = None, world: World | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Shuffled (x, y) batches of ``batch_size`` images, made on the device.
+
+        ``order``: the epoch's order of the training images (``distributed.epoch_order``);
+        default, a permutation drawn from torch's global RNG. ``world``: in a multi-process run,
+        this rank's shard of each global batch of ``batch_size``.
+        """
+        if order is None:
+            order = torch.randperm(self.num_train, device=self.train_x.device)
+        parts = (
+            order.split(batch_size) if world is None else sharded_batches(order, batch_size, world)
+        )
+        for idx in parts:
+            yield to_pixels(self.train_x[idx], self.binarize, self.likelihood), self.train_y[idx]
+
+    def validate(self, num_classes: int = 0, chunk: int = 10_000) -> None:
+        """Checks, once, what a step would otherwise check every time: the whole training set,
+        as the pipeline turns it into data, against the likelihood's support, and every label
+        against ``num_classes``. Raises ValueError saying the fix. (The test set was checked
+        on load.) One host read per chunk of images."""
+        for start in range(0, self.num_train, chunk):
+            x = to_pixels(self.train_x[start : start + chunk], self.binarize, self.likelihood)
+            self.likelihood.check(x)
+        if num_classes:
+            for split, y in (("training", self.train_y), ("test", self.test_y)):
+                if y.numel():
+                    lo, hi = torch.stack(torch.aminmax(y)).tolist()
+                    if lo < 0 or hi >= num_classes:
+                        raise ValueError(
+                            f"the {split} labels lie in [{lo}, {hi}], outside [0, {num_classes}): "
+                            f"build the VAE with num_classes = {hi + 1}"
+                        )
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return batches(self.test_x, self.test_y, batch_size)
