@@ -28,6 +28,7 @@ import inspect
 import time
 from collections.abc import Callable
 
+import pyro
 import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -169,9 +170,9 @@ def _user_frame(error: BaseException) -> str:
     import os
     import traceback
 
-    skip = tuple(
-        os.path.dirname(m.__file__) + os.sep
-        for m in (torch, __import__("pyro"), __import__("pyro_vae"))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pyro_vae/
+    skip = tuple(os.path.dirname(path) + os.sep for path in (torch.__file__, pyro.__file__)) + (
+        package + os.sep,
     )
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
         if not frame.filename.startswith(skip) and not frame.filename.startswith("<"):
