@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE, TrainConfig  # noqa: E402
-from pyro_vae.data.images import MNISTData, load_mnist  # noqa: E402
+from pyro_vae.data.images import ImageData, load_mnist  # noqa: E402
 from pyro_vae.inference.loglik import evaluate_log_likelihood  # noqa: E402
 from pyro_vae.inference.steps import build_step  # noqa: E402
 from pyro_vae.models.likelihoods import BernoulliLikelihood  # noqa: E402
@@ -99,7 +99,7 @@ def time_steps(step: Callable, batches: list, device: torch.device) -> float:
     return (time.perf_counter() - t0) / len(batches)
 
 
-def epoch_seconds(step: Callable, data: MNISTData, batch_size: int, device, cvae: bool) -> float:
+def epoch_seconds(step: Callable, data: ImageData, batch_size: int, device, cvae: bool) -> float:
     synchronize(device)
     t0 = time.perf_counter()
     for x, y in data.train_batches(batch_size):
@@ -109,14 +109,14 @@ def epoch_seconds(step: Callable, data: MNISTData, batch_size: int, device, cvae
     return time.perf_counter() - t0
 
 
-def load_train(data_dir: str | None, device: torch.device) -> MNISTData:
+def load_train(data_dir: str | None, device: torch.device) -> ImageData:
     lik = BernoulliLikelihood()
     if data_dir:
         x, y = load_mnist(data_dir, train=True)
     else:
         x = torch.randint(0, 256, (NUM_TRAIN, 784), dtype=torch.uint8)
         y = torch.arange(NUM_TRAIN) % 10
-    return MNISTData(
+    return ImageData(
         train_x=x.to(device),
         train_y=y.to(device),
         test_x=torch.empty(0, 784, device=device),

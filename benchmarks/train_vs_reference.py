@@ -27,13 +27,13 @@ from pyro_vae import (  # noqa: E402
     VAEConfig,
     train,  # noqa: E402
 )
-from pyro_vae.data.images import MNISTData, default_data_dir  # noqa: E402
+from pyro_vae.data.images import ImageData, default_data_dir  # noqa: E402
 from pyro_vae.models.likelihoods import BernoulliLikelihood  # noqa: E402
 from pyro_vae.runtime.device import resolve_device  # noqa: E402
 
 
 @torch.no_grad()
-def reference_test_neg_elbo(model: ReferenceVAE, data: MNISTData) -> float:
+def reference_test_neg_elbo(model: ReferenceVAE, data: ImageData) -> float:
     total = torch.zeros((), dtype=torch.float64, device=data.test_x.device)
     for x, _ in data.test_batches(1000):
         log_lik, kl = model.loss_terms(x)
@@ -41,7 +41,7 @@ def reference_test_neg_elbo(model: ReferenceVAE, data: MNISTData) -> float:
     return total.item() / data.test_x.shape[0]
 
 
-def train_reference(data: MNISTData, epochs: int, batch_size: int, lr: float, seed: int):
+def train_reference(data: ImageData, epochs: int, batch_size: int, lr: float, seed: int):
     torch.manual_seed(seed)
     device = data.train_x.device
     model = ReferenceVAE().to(device)
@@ -78,7 +78,7 @@ def main() -> None:
     device = resolve_device(args.device)
     pyro.settings.set(module_local_params=True)
 
-    data = MNISTData.load(args.data_dir, BernoulliLikelihood(), "dynamic", device)
+    data = ImageData.load(args.data_dir, BernoulliLikelihood(), "dynamic", device)
     print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print("hand-written reference:")
     ref = train_reference(data, args.epochs, args.batch_size, args.lr, args.seed)

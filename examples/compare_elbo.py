@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import VAE, TrainConfig, VAEConfig
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.data.torchvision_data import default_data_dir
 from pyro_vae.evaluation.compare import ELBOS, compare_estimators, format_table
 from pyro_vae.evaluation.elbo import ESTIMATORS, evaluate_elbo
@@ -39,7 +39,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def test_neg_elbo(vae: VAE, data: MNISTData, seed: int) -> float:
+def test_neg_elbo(vae: VAE, data: ImageData, seed: int) -> float:
     device = data.test_x.device
     # Forked: the evaluation's draws do not shift training's random stream.
     with seeded(seed, device):
@@ -47,7 +47,7 @@ def test_neg_elbo(vae: VAE, data: MNISTData, seed: int) -> float:
 
 
 def train_both(
-    config: VAEConfig, data: MNISTData, args: argparse.Namespace, device: torch.device
+    config: VAEConfig, data: ImageData, args: argparse.Namespace, device: torch.device
 ) -> tuple[dict[str, VAE], dict[str, dict]]:
     """Trains one model per estimator from the same initial weights on the same batches.
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = VAEConfig(z_dim=args.z_dim, hidden_dims=(args.hidden,))
     lik = VAE.from_config(config).likelihood
-    data = MNISTData.load(
+    data = ImageData.load(
         args.data_dir, lik, "dynamic", device, args.train_subset, args.test_subset
     )
     models, curves = train_both(config, data, args, device)

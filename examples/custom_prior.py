@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_vae import VAE, TrainConfig, load_vae, train
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.data.torchvision_data import default_data_dir
 from pyro_vae.figures.run_figures import plot_run
 from pyro_vae.inference.loglik import evaluate_log_likelihood
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
     vae, ckpt = load_vae(args.out, vae=build_vae(args.z_dim))
     print(f"run objects: {ckpt['objects']}")
-    data = MNISTData.load(
+    data = ImageData.load(
         args.data_dir,
         vae.likelihood,
         ckpt["train_config"]["binarize"],

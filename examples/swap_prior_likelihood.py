@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae import TrainConfig, VAEConfig, load_vae, train
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.data.torchvision_data import default_data_dir
 from pyro_vae.figures.plots import tile
 from pyro_vae.inference.loglik import evaluate_log_likelihood
@@ -110,7 +110,7 @@ def main() -> None:
         label = data_label(binarize, vae.likelihood)
         nll = {"nats_per_image": float("nan"), "bits_per_dim": float("nan")}
         if args.num_samples:
-            data = MNISTData.load(
+            data = ImageData.load(
                 args.data_dir,
                 vae.likelihood,
                 binarize,

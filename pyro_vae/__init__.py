@@ -5,7 +5,7 @@ The public names live here; the package is layered (lower layers never import hi
 < ``training`` < ``app`` < ``cli``. docs/architecture.md says what each layer owns.
 """
 
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.data.torchvision_data import default_data_dir
 from pyro_vae.figures.run_figures import plot_run
 from pyro_vae.inference.loglik import evaluate_log_likelihood
@@ -31,7 +31,7 @@ __all__ = [
     "LIKELIHOODS",
     "Likelihood",
     "PRIORS",
-    "MNISTData",
+    "ImageData",
     "default_data_dir",
     "load_run",
     "load_vae",

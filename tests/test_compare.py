@@ -22,7 +22,7 @@ from test_loglik import exact_elbo, linear_gaussian
 
 from pyro_vae import VAE, load_vae, train
 from pyro_vae.cli.main import main
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.evaluation.compare import (
     compare_estimators,
     elbo_summary,
@@ -56,7 +56,7 @@ def trained_run(mnist_dir, tmp_path_factory):
     with pyro.settings.context(module_local_params=True):
         train(vae_config, config, progress=False, log=lambda s: None, write_figures=False)
         vae, _ = load_vae(out)
-    data = MNISTData.load(mnist_dir, vae.likelihood, "dynamic", train_subset=1, test_subset=200)
+    data = ImageData.load(mnist_dir, vae.likelihood, "dynamic", train_subset=1, test_subset=200)
     return out, vae, data.test_x, data.test_y
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.data.pixels import dequantize, resolve_binarize, to_pixels
 from pyro_vae.data.torchvision_data import idx_problem, load_mnist
 from pyro_vae.models.config import VAEConfig
@@ -50,7 +50,7 @@ def test_threshold_binarization_is_deterministic():
 def test_train_batches_cover_every_image_once_per_epoch_in_a_new_order():
     x, _ = synthetic(300)
     ids = torch.arange(300)  # stand-in labels that name each image
-    data = MNISTData(x, ids, x[:10].float(), ids[:10], "threshold", BernoulliLikelihood())
+    data = ImageData(x, ids, x[:10].float(), ids[:10], "threshold", BernoulliLikelihood())
     assert data.num_batches(128) == 3
     orders = []
     for _ in range(2):
@@ -149,7 +149,7 @@ def test_raw_values_are_the_discretized_likelihoods_data_exactly():
 @pytest.mark.mnist
 def test_test_set_is_dequantized_once_with_the_fixed_seed(mnist_dir):
     lik = BetaLikelihood()
-    a, b = (MNISTData.load(mnist_dir, lik, "auto", train_subset=64, test_subset=50) for _ in "ab")
+    a, b = (ImageData.load(mnist_dir, lik, "auto", train_subset=64, test_subset=50) for _ in "ab")
     assert a.binarize == "dequantize"
     assert torch.equal(a.test_x, b.test_x)  # the same test data for every run and checkpoint
     raw = load_mnist(mnist_dir, train=False)[0][:50]

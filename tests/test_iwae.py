@@ -9,7 +9,7 @@ import torch
 from pyro.infer import RenyiELBO
 
 from pyro_vae import VAE, TrainConfig, VAEConfig, train
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.data.pixels import to_pixels
 from pyro_vae.inference.loglik import iw_bound, log_weights
 from pyro_vae.inference.objectives import iwae_terms
@@ -69,7 +69,7 @@ def test_training_on_l5_gives_a_better_l5_than_training_on_the_elbo(mnist_dir, t
         small = VAEConfig(z_dim=8, hidden_dims=(64,))
         train(small, config, progress=False, write_figures=False, log=lambda s: None)
         vae, _ = load_vae(out)
-        data = MNISTData.load(mnist_dir, vae.likelihood, "dynamic", train_subset=num_train)
+        data = ImageData.load(mnist_dir, vae.likelihood, "dynamic", train_subset=num_train)
         x = to_pixels(data.train_x, "dynamic", vae.likelihood, torch.Generator().manual_seed(9))
         with seeded(123), torch.no_grad():
             lw = torch.cat(

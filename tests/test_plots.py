@@ -13,7 +13,7 @@ from matplotlib.image import AxesImage, imread
 
 import pyro_vae.cli.main as cli
 from pyro_vae import VAE
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.figures import plots
 from pyro_vae.figures.run_figures import (
     FIGURES,
@@ -199,11 +199,11 @@ def test_interpolation_pairs_join_different_digits_or_the_same_label_for_a_cvae(
     assert pairs and all(y[a] == y[b] and a != b for a, b in pairs)
 
 
-def synthetic_data(n: int = 60) -> MNISTData:
+def synthetic_data(n: int = 60) -> ImageData:
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((n, IMAGE), 0.2), generator=g)
     y = torch.arange(n) % 10
-    return MNISTData(
+    return ImageData(
         train_x=(x * 255).to(torch.uint8),
         train_y=y,
         test_x=x,

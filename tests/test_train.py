@@ -13,7 +13,7 @@ import torch
 from conftest import PYRO_MODES
 
 from pyro_vae import TrainConfig, VAEConfig, load_vae
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.inference.objectives import elbo_terms
 from pyro_vae.models.vae import VAE
@@ -70,7 +70,7 @@ def test_training_improves_the_test_elbo_by_a_clear_margin(run, mnist_dir):
     config = run["config"]
     torch.manual_seed(config.seed)
     untrained = VAE.from_config(VAEConfig())
-    data = MNISTData.load(
+    data = ImageData.load(
         mnist_dir, untrained.likelihood, "dynamic", "cpu", train_subset=1, test_subset=TEST_SUBSET
     )
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_run_directory_holds_config_checkpoint_and_figures(run):
 
 def test_checkpoint_reloads_to_the_recorded_test_loss(run, mnist_dir):
     vae, ckpt = load_vae(run["out"], "cpu")
-    data = MNISTData.load(
+    data = ImageData.load(
         mnist_dir, vae.likelihood, "dynamic", "cpu", train_subset=1, test_subset=TEST_SUBSET
     )
     x = data.test_x

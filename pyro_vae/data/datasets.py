@@ -324,7 +324,7 @@ def check_outside_data(
 
 
 def check_run_data(x_dim: int, data: Any, checkpoint: dict | None = None) -> None:
-    """ValueError when a model of ``x_dim`` pixels cannot take ``data`` (an ``MNISTData``), or
+    """ValueError when a model of ``x_dim`` pixels cannot take ``data`` (an ``ImageData``), or
     when a resumed run's ``checkpoint`` recorded another test set (the files changed)."""
     if checkpoint is not None:
         check_same_dataset(checkpoint.get("dataset"), data.dataset, "the run")

@@ -27,7 +27,7 @@ def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Ten
 
 
 @dataclass
-class MNISTData:
+class ImageData:
     """Training images (uint8, binarized or dequantized per batch) and a fixed test set, on
     ``device``."""
 
@@ -52,7 +52,7 @@ class MNISTData:
         train_subset: int = 0,
         test_subset: int = 0,
         dataset: str | DatasetSpec = "mnist",
-    ) -> MNISTData:
+    ) -> ImageData:
         """``dataset``: a name or a :class:`~pyro_vae.data.datasets.DatasetSpec` (see there)."""
         binarize = resolve_binarize(binarize, likelihood)
         raw = load_dataset(dataset, root)

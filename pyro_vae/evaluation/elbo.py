@@ -31,7 +31,7 @@ def evaluate_elbo(
     evaluates its own part of the test set) before the one host read.
 
     ``neg_elbo``, ``recon`` and ``kl`` are nats of the model on the data as given. ``binarize``
-    is the data mode the batches were made with (``MNISTData.binarize``): the units fields
+    is the data mode the batches were made with (``ImageData.binarize``): the units fields
     (``units.in_units``) then say which data the -ELBO is about and give it as a bound on that
     data's -log P, in nats per image and bits per dimension. Sums stay on the device; the host
     reads them once at the end.

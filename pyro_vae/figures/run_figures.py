@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.figures import plots
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.priors import as_latent_event
@@ -130,7 +130,7 @@ def prior_loc_scale(vae: VAE, y: Tensor | None) -> tuple[Tensor, Tensor]:
     return loc.detach().reshape(-1, z_dim)[0], scale.detach().reshape(-1, z_dim)[0]
 
 
-def encode_means(vae: VAE, data: MNISTData) -> Tensor:
+def encode_means(vae: VAE, data: ImageData) -> Tensor:
     """Posterior means of the whole test set, [M, z_dim]."""
     locs = [vae.encode(x, labels_for(vae, y))[0] for x, y in data.test_batches(ENCODE_BATCH)]
     return torch.cat(locs)
@@ -163,7 +163,7 @@ def interpolation_pairs(y: Tensor, conditional: bool, rows: int) -> list[tuple[i
 
 def make_figures(
     vae: VAE,
-    data: MNISTData,
+    data: ImageData,
     metrics: list[dict],
     *,
     grid: str = "square",
@@ -263,7 +263,7 @@ def make_figures(
 
 
 def write_run_figures(
-    vae: VAE, data: MNISTData, metrics: list[dict], fig_dir: Path, **options
+    vae: VAE, data: ImageData, metrics: list[dict], fig_dir: Path, **options
 ) -> list[Path]:
     """Writes every figure for this run into ``fig_dir``; returns their paths.
 

@@ -17,7 +17,7 @@ epoch's metric sums. Two steps drive it:
 Validation's guarantee moves, it is not dropped: the traced graph is built with validation off
 (a data-dependent Python ``if`` cannot live in a graph), and instead the whole dataset is checked
 against the likelihood's support once, on load, and the labels once per dataset
-(``MNISTData.validate``); the graph itself flags a non-finite loss or gradient on the device,
+(``ImageData.validate``); the graph itself flags a non-finite loss or gradient on the device,
 read once per epoch. User-facing calls (``vae.model(x, y)``, classic SVI) keep Pyro's
 validation as it is: tracing changes no setting outside its own block.
 """

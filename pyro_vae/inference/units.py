@@ -44,7 +44,7 @@ DISCRETE_KINDS = ("binary", "8-bit")
 def data_label(binarize: str | None, likelihood: Likelihood) -> str:
     """What the numbers of ``likelihood`` on data made with ``binarize`` are about.
 
-    ``binarize`` is a resolved data mode (``MNISTData.binarize``); None gives UNSPECIFIED.
+    ``binarize`` is a resolved data mode (``ImageData.binarize``); None gives UNSPECIFIED.
     """
     if binarize is None:
         return UNSPECIFIED

@@ -76,7 +76,7 @@ def check_labels(
         raise ValueError(f"labels y are on {y.device} but the images/model on {device}; use y.to()")
     # The range check reads the labels back to the host: it is part of Pyro's validation,
     # and the traced step (validation off, no host reads) checks a dataset's labels once,
-    # on load, instead (MNISTData.validate).
+    # on load, instead (ImageData.validate).
     if y.numel() and is_validation_enabled():
         lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host read for both bounds
         if lo < 0 or hi >= num_classes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.data.datasets import DatasetSpec, check_fits_data, check_same_dataset
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint
@@ -146,7 +146,7 @@ def load_run(
     *,
     dataset: dict | None = None,
     allow_other_dataset: bool = False,
-) -> tuple[VAE, dict, MNISTData]:
+) -> tuple[VAE, dict, ImageData]:
     """A trained run, its checkpoint and its test set binarized as in training, on ``device``.
 
     ``test_subset``: the first N test images (0 = all); None = the run's own setting. ``vae``:
@@ -160,7 +160,7 @@ def load_run(
     spec = DatasetSpec.of(tc, **(dataset or {}))
     if not allow_other_dataset:  # before loading: another dataset may not even be on disk
         check_same_dataset(ckpt.get("dataset"), {"name": spec.dataset}, str(run_dir))
-    data = MNISTData.load(
+    data = ImageData.load(
         data_dir,
         vae.likelihood,
         tc.binarize,

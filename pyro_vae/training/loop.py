@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.data.datasets import DatasetSpec, check_outside_data, check_run_data
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.inference.loglik import evaluate_log_likelihood
 from pyro_vae.inference.objectives import OBJECTIVES
@@ -86,7 +86,7 @@ def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
     return TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(given, k) for k in RESUMABLE}})
 
 
-def _start_decoder_bias(vae: VAE, data: MNISTData) -> None:
+def _start_decoder_bias(vae: VAE, data: ImageData) -> None:
     """The IWAE paper's start: the decoder's output bias at the logit of the training set's
     mean pixel (clipped to [0.001, 0.999]), so the first steps do not spend themselves on it."""
     if vae.likelihood.params_per_pixel != 1:
@@ -173,7 +173,7 @@ def _train(
         # The initial weights too come from the seed, not from the caller's RNG state.
         with seeded(config.seed, device):
             vae = VAE.from_config(vae)
-    data = MNISTData.load(
+    data = ImageData.load(
         config.data_dir,
         vae.likelihood,
         config.binarize,
@@ -291,7 +291,7 @@ def _train(
 def _run_epoch(
     vae: VAE,
     step: Callable,
-    data: MNISTData,
+    data: ImageData,
     config: TrainConfig,
     epoch: int,
     progress: bool,
@@ -374,7 +374,7 @@ def _run_epoch(
     return m
 
 
-def _evaluate(vae: VAE, data: MNISTData, config: TrainConfig, world: World, epoch: int) -> dict:
+def _evaluate(vae: VAE, data: ImageData, config: TrainConfig, world: World, epoch: int) -> dict:
     """The test -ELBO (the run's estimator; Trace_ELBO for an IWAE run) on this rank's part of
     the test set, summed over the ranks; and the test -L_K, in ``iw``, for K = the IWAE run's
     particles every epoch and K = ``test_iw_samples`` at the end of every stage of a staged

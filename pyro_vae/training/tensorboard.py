@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from pyro_vae.data.images import MNISTData
+from pyro_vae.data.images import ImageData
 from pyro_vae.models.vae import VAE
 from pyro_vae.runtime.rng import seeded
 
@@ -39,7 +39,7 @@ class TensorBoardLog:
             raise ValueError(missing_extra_message()) from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
-    def log_epoch(self, vae: VAE, data: MNISTData, metrics: dict) -> None:
+    def log_epoch(self, vae: VAE, data: ImageData, metrics: dict) -> None:
         epoch = metrics["epoch"]
         for key, value in metrics.items():
             if key in _NOT_SCALARS or not isinstance(value, int | float):
@@ -53,7 +53,7 @@ class TensorBoardLog:
         self.writer.flush()
 
     @torch.no_grad()
-    def _reconstructions(self, vae: VAE, data: MNISTData) -> torch.Tensor:
+    def _reconstructions(self, vae: VAE, data: ImageData) -> torch.Tensor:
         """Originals (top row) above their reconstructions: [1, H, W] in [0, 1]."""
         x, y = data.test_x[: NUM_IMAGES // 2], data.test_y[: NUM_IMAGES // 2]
         recon = vae.reconstruct(x, y if vae.config.num_classes else None)
