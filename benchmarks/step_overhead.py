@@ -35,7 +35,7 @@ def main() -> None:
     x = torch.bernoulli(torch.full((args.batch_size, 784), 0.13))
     vae = VAE()
     config = TrainConfig()
-    step = build_step(vae, make_optimizer(vae, config), config, args.path, World())
+    step = build_step(vae, make_optimizer(vae, config), config.objective(), args.path, World())
     ref = ReferenceVAE()
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3, fused=True)
     steps = {

@@ -86,7 +86,7 @@ def make_paths(
     for kind in kinds:
         model = vae()
         optimizer = make_optimizer(model, config, capturable=kind == "cudagraph")
-        paths[kind] = build_step(model, optimizer, config, kind, World())
+        paths[kind] = build_step(model, optimizer, config.objective(), kind, World())
     return paths
 
 

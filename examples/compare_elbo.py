@@ -24,9 +24,10 @@ from pyro_vae import VAE, TrainConfig, VAEConfig
 from pyro_vae.data.images import ImageData
 from pyro_vae.data.torchvision_data import default_data_dir
 from pyro_vae.evaluation.compare import ELBOS, compare_estimators, format_table
-from pyro_vae.evaluation.elbo import ESTIMATORS, evaluate_elbo
+from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.figures.compare import comparison_figure, learning_curves_figure
 from pyro_vae.inference.loglik import evaluate_log_likelihood
+from pyro_vae.inference.objectives import make_objective
 from pyro_vae.inference.steps import EagerStep, ELBOLoss
 from pyro_vae.models.vae import labels_for
 from pyro_vae.runtime.device import resolve_device
@@ -114,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         args.data_dir, lik, "dynamic", device, args.train_subset, args.test_subset
     )
     models, curves = train_both(config, data, args, device)
-    models = {ESTIMATORS[e]: m for e, m in models.items()}
-    curves = {ESTIMATORS[e]: c for e, c in curves.items()}
+    models = {make_objective(e).label: m for e, m in models.items()}
+    curves = {make_objective(e).label: c for e, c in curves.items()}
     nll = {}
     for name, vae in models.items():
         torch.manual_seed(args.seed)

@@ -57,7 +57,7 @@ def run(rank: int, size: int, port: int, out: str) -> None:
     for kind in ("eager", "fx"):
         vae = tiny_vae("cvae")
         sgd = torch.optim.SGD(vae.parameters(), lr=0.0)
-        step = build_step(vae, sgd, TrainConfig(), kind, world)
+        step = build_step(vae, sgd, TrainConfig().objective(), kind, world)
         torch.manual_seed(noise_seed(rank))
         step(x, y)
         results[f"cvae-{kind}"] = _grads(vae)
@@ -74,14 +74,14 @@ def run(rank: int, size: int, port: int, out: str) -> None:
     vae = tiny_vae()
     config = TrainConfig(lr=1e-3)
     sgd = torch.optim.SGD(vae.parameters(), lr=0.0)
-    step = build_step(vae, sgd, config, "fx", world)
+    step = build_step(vae, sgd, config.objective(), "fx", world)
     torch.manual_seed(noise_seed(rank))
     step(x, None)
     results["traced"] = _grads(vae)
     # Agreement: several fused-Adam steps on different shards leave identical parameters.
     for kind in ("eager", "fx"):
         vae = tiny_vae()
-        step = build_step(vae, make_optimizer(vae, config), config, kind, world)
+        step = build_step(vae, make_optimizer(vae, config), config.objective(), kind, world)
         torch.manual_seed(noise_seed(rank))
         for _ in range(4):
             step(x, None)

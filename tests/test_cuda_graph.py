@@ -27,7 +27,7 @@ from synthetic import write_tensor_file
 from test_step_objects import CUSTOM, FROZEN_WARNING, build, data
 
 from pyro_vae import VAE, TrainConfig, VAEConfig, train
-from pyro_vae.inference.steps import ELBOLoss, TracedStep, build_step
+from pyro_vae.inference.steps import CUDAGraphStep, ELBOLoss, build_step
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.priors import PRIORS
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -50,7 +50,7 @@ def _pair(case, kind: str, device="cuda", lr: float = 1e-2):
     vae = build(case, dtype=torch.float32).to(device)
     config = TrainConfig(lr=lr)
     optimizer = make_optimizer(vae, config, capturable=kind == "cudagraph")
-    step = build_step(vae, optimizer, config, kind, World())
+    step = build_step(vae, optimizer, config.objective(), kind, World())
     x, y = data(vae, n=16, dtype=torch.float32)
     return vae, step, optimizer, x.to(device), None if y is None else y.to(device)
 
@@ -246,5 +246,5 @@ def test_the_cuda_graph_step_refuses_an_all_reduce():
     loss = ELBOLoss(vae)
     optimizer = make_optimizer(vae, TrainConfig())
     with pytest.raises(ValueError, match="one process; under torchrun use --step compiled"):
-        TracedStep(loss, optimizer, "cudagraph", all_reduce=lambda t: t)
-    TracedStep(loss, optimizer, "cudagraph")  # one process: built (captured at its first call)
+        CUDAGraphStep(loss, optimizer, all_reduce=lambda t: t)
+    CUDAGraphStep(loss, optimizer)  # one process: built (captured at its first call)

@@ -20,7 +20,8 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, TrainConfig
-from pyro_vae.inference.steps import ELBOLoss, TracedStep, build_step, trace_step
+from pyro_vae.inference.step_graph import trace_step
+from pyro_vae.inference.steps import ELBOLoss, TracedStep, build_step
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.priors import PRIORS
 from pyro_vae.runtime.distributed import World
@@ -134,7 +135,7 @@ def _compiled_like_eager(vae: VAE, config: TrainConfig):
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(fallback_random=True):
-        step = build_step(vae, make_optimizer(vae, config), config, "compiled", World())
+        step = build_step(vae, make_optimizer(vae, config), config.objective(), "compiled", World())
         x, _ = batch(vae, n=16, dtype=torch.float32)
         with torch.random.fork_rng():
             step._build(x, None)  # traces and compiles now
@@ -157,7 +158,7 @@ def test_no_host_read_in_50_replayed_steps(kind, compiled_step, monkeypatch):
     else:
         vae = tiny("normal", "bernoulli", dtype=torch.float32)
         config = TrainConfig(lr=1e-2)
-        step = build_step(vae, make_optimizer(vae, config), config, "fx", World())
+        step = build_step(vae, make_optimizer(vae, config), config.objective(), "fx", World())
         x, _ = batch(vae, n=16, dtype=torch.float32)
         step(x, None)
     before = {k: v.clone() for k, v in vae.state_dict().items()}
@@ -176,7 +177,7 @@ def test_negative_control_the_eager_step_reads_the_host(monkeypatch):
     # Pyro's validation, kept on in the eager step, reads tensors back: the patch sees it.
     vae = tiny("normal", "bernoulli", dtype=torch.float32)
     config = TrainConfig()
-    step = build_step(vae, make_optimizer(vae, config), config, "eager", World())
+    step = build_step(vae, make_optimizer(vae, config), config.objective(), "eager", World())
     x, _ = batch(vae, n=16, dtype=torch.float32)
     calls = _forbid_host_reads(monkeypatch)
     with pytest.raises(AssertionError, match="host read"):
@@ -194,7 +195,7 @@ def test_compiled_step_equals_the_eager_step_with_inductor_drawing_as_eager():
         if kind == "compiled":
             step, x = _compiled_like_eager(vae, config)
         else:
-            step = build_step(vae, make_optimizer(vae, config), config, kind, World())
+            step = build_step(vae, make_optimizer(vae, config), config.objective(), kind, World())
             x, _ = batch(vae, n=16, dtype=torch.float32)
         torch.manual_seed(SEED)
         values = [step(x, None)[0] for _ in range(3)]
@@ -208,7 +209,7 @@ def test_compiled_step_equals_the_eager_step_with_inductor_drawing_as_eager():
 def test_last_smaller_batch_takes_the_eager_fallback():
     vae = tiny("normal", "bernoulli", dtype=torch.float32)
     config = TrainConfig()
-    step = build_step(vae, make_optimizer(vae, config), config, "fx", World())
+    step = build_step(vae, make_optimizer(vae, config), config.objective(), "fx", World())
     assert isinstance(step, TracedStep)
     x, _ = batch(vae, n=16, dtype=torch.float32)
     step(x, None)
@@ -230,7 +231,7 @@ def test_compiling_leaves_the_sessions_validation_on():
         "pyro.enable_validation(True)\n"
         "vae = VAE(z_dim=2, hidden_dims=(4,))\n"
         "c = TrainConfig()\n"
-        "step = build_step(vae, make_optimizer(vae, c), c, 'compiled', World())\n"
+        "step = build_step(vae, make_optimizer(vae, c), c.objective(), 'compiled', World())\n"
         "step(torch.bernoulli(torch.full((4, 784), 0.3)), None)\n"
         "from torch._dynamo.eval_frame import TorchPatcher\n"
         "assert TorchPatcher.patch.cache_info().currsize == 1, 'dynamo was not used'\n"

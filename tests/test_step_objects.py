@@ -30,15 +30,13 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_vae import VAE, TrainConfig
-from pyro_vae.inference.steps import (
-    ELBOLoss,
-    TracedStep,
+from pyro_vae.inference.step_graph import (
     UntraceableError,
     _differs,
-    build_step,
     split_parameters,
     trace_step,
 )
+from pyro_vae.inference.steps import ELBOLoss, FXStep, build_step
 from pyro_vae.inference.tracing import compile_graph, trace_forward
 from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood
 from pyro_vae.models.priors import PRIORS
@@ -249,7 +247,9 @@ def test_compiled_graph_gives_the_eager_distribution_of_losses():
 
 def _step(vae: VAE, kind: str, auto: bool = False, log=None):
     config = TrainConfig(lr=1e-2)
-    return build_step(vae, make_optimizer(vae, config), config, kind, World(), log=log, auto=auto)
+    return build_step(
+        vae, make_optimizer(vae, config), config.objective(), kind, World(), log=log, auto=auto
+    )
 
 
 def data_dependent_likelihood(out):
@@ -323,11 +323,11 @@ def test_every_rank_falls_back_when_one_cannot_trace():
     x, _ = data(vae, dtype=torch.float32)
     loss = ELBOLoss(vae)
     optimizer = make_optimizer(vae, TrainConfig())
-    step = TracedStep(loss, optimizer, "fx", all_reduce=lambda t: t.add_(1.0), auto=True)
+    step = FXStep(loss, optimizer, all_reduce=lambda t: t.add_(1.0), auto=True)
     step(x, None)
     assert step.kind == "eager" and "another process" in step.untraceable
     # Negative control: an all-reduce from healthy ranks keeps the traced step.
-    healthy = TracedStep(loss, optimizer, "fx", all_reduce=lambda t: t, auto=True)
+    healthy = FXStep(loss, optimizer, all_reduce=lambda t: t, auto=True)
     healthy(x, None)
     assert healthy.kind == "fx"
 

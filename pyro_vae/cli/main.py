@@ -28,6 +28,7 @@ from pyro_vae.cli.args import (
 )
 from pyro_vae.cli.train import add_train_parser, cmd_train
 from pyro_vae.data.errors import DataError
+from pyro_vae.evaluation.elbo import ESTIMATORS
 from pyro_vae.inference.steps import NonFiniteError
 from pyro_vae.runs.checkpoint import CheckpointError
 from pyro_vae.runs.lock import RunInUseError
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(e, from_run=True)
     e.add_argument(
         "--elbo",
-        choices=["trace", "meanfield", "both"],
+        choices=[*ESTIMATORS, "both"],
         default="both",
         help="estimator(s) of the test ELBO (default both)",
     )
@@ -143,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     vae, ckpt, data = _load_run(args, device)
-    elbos = ["trace", "meanfield"] if args.elbo == "both" else [args.elbo]
+    elbos = list(ESTIMATORS) if args.elbo == "both" else [args.elbo]
     results = []
     with seeded(args.seed, device):
         for name in elbos:

@@ -8,24 +8,26 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from pyro_vae.inference.objectives import elbo_terms
+from pyro_vae.inference.objectives import Objective, make_objective
 from pyro_vae.inference.units import data_label, in_units
 from pyro_vae.models.vae import VAE, labels_for
 
-ESTIMATORS = {"trace": "Trace_ELBO", "meanfield": "TraceMeanField_ELBO"}
+# The two ELBO estimators a test -ELBO can use (evaluate --elbo): names of the objectives.
+ESTIMATORS = ("trace", "meanfield")
 
 
 @torch.no_grad()
 def evaluate_elbo(
     vae: VAE,
     batches: Iterable[tuple[Tensor, Tensor]],
-    elbo: str = "trace",
+    estimator: Objective | str = "trace",
     num_particles: int = 1,
     *,
     binarize: str | None = None,
     all_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict:
-    """Mean -ELBO, reconstruction term -E_q log p(x|z) and KL per image over ``batches``.
+    """Mean -ELBO, reconstruction term -E_q log p(x|z) and KL per image over ``batches``, by
+    ``estimator`` (an objective, or its name with ``num_particles``), unweighted.
 
     ``all_reduce``: in a multi-process run, sums the per-rank sums over the ranks (each rank
     evaluates its own part of the test set) before the one host read.
@@ -36,18 +38,12 @@ def evaluate_elbo(
     data's -log P, in nats per image and bits per dimension. Sums stay on the device; the host
     reads them once at the end.
     """
-    analytic = elbo == "meanfield"
+    if isinstance(estimator, str):
+        estimator = make_objective(estimator, num_particles)
     kinds = set()
     sums = torch.zeros(3, dtype=torch.float64, device=next(vae.parameters()).device)
     for x, y in batches:
-        t = elbo_terms(
-            vae.model,
-            vae.guide,
-            x,
-            labels_for(vae, y),
-            num_particles=num_particles,
-            analytic_kl=analytic,
-        )
+        t = estimator.terms(vae.model, vae.guide, x, labels_for(vae, y))
         count = torch.tensor(x.shape[0], device=sums.device)
         sums += torch.stack([-t.log_lik.sum(), t.kl.sum(), count]).double()
         kinds.add(t.kl_kind)
@@ -58,12 +54,12 @@ def evaluate_elbo(
         raise ValueError("no data to evaluate")
     recon, kl, n = recon / n, kl / n, int(n)
     return {
-        "estimator": ESTIMATORS[elbo],
+        "estimator": estimator.label,
         "neg_elbo": recon + kl,
         "recon": recon,
         "kl": kl,
         "kl_kind": kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "unknown",
         "num_images": n,
-        "num_particles": num_particles,
+        "num_particles": estimator.num_particles,
         **in_units(recon + kl, vae.config.x_dim, data_label(binarize, vae.likelihood)),
     }

@@ -20,13 +20,10 @@ import math
 import time
 from collections.abc import Callable, Iterable
 
-import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
+from pyro_vae.inference.objectives import walk
 from pyro_vae.inference.tracing import ReplayedForward
 from pyro_vae.inference.units import data_label, in_units
 from pyro_vae.models.vae import VAE, labels_for
@@ -53,32 +50,24 @@ def sample_width(vae: VAE) -> int:
     return max((vae.config.x_dim * vae.likelihood.params_per_pixel, *vae.config.hidden_dims))
 
 
-def _log_prob(site: dict) -> Tensor:
-    return scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
-
-
 def log_weights_chunk(model: Callable, guide: Callable, *args, num_samples: int) -> Tensor:
     """log p(x, z_k) - log q(z_k | x) for k = 1..num_samples, one call: [num_samples, B].
 
     Guide and model run inside a plate of ``num_samples`` at dim -2 (left of the data plate at
-    -1); each site's log-density is summed over its event dims by its distribution and kept per
-    image, so the data plate is never summed over.
+    -1), through the objectives' own trace walk (``objectives.walk``): each site's
+    log-density is kept per image, so the data plate is never summed over, and scales (a KL
+    weight) are left out: this is the model's likelihood, not a training objective.
     """
-    plate = pyro.plate(SAMPLE_PLATE, num_samples, dim=-2)
-    guide_trace = poutine.trace(plate(guide)).get_trace(*args)
-    replayed = poutine.replay(plate(model), trace=guide_trace)
-    model_trace = prune_subsample_sites(poutine.trace(replayed).get_trace(*args))
-    guide_trace = prune_subsample_sites(guide_trace)
-    log_w: Tensor | float = 0.0
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample":
-            log_w = log_w + _log_prob(site)
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample" and not site["is_observed"]:
-            log_w = log_w - _log_prob(site)
-    if not torch.is_tensor(log_w) or log_w.dim() != 2:
-        raise ValueError("the model and guide need sample sites inside one data plate at dim -1")
-    return log_w.expand(num_samples, log_w.shape[-1])
+    t = walk(
+        model,
+        guide,
+        *args,
+        num_particles=num_samples,
+        need_rsample=False,
+        plate=SAMPLE_PLATE,
+        always_plate=True,
+    )
+    return t.raw_log_w
 
 
 def log_weights(

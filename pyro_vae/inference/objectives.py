@@ -1,38 +1,83 @@
-"""The ELBO (and the IWAE bound) computed on the device from Pyro traces, split into its
-reconstruction and KL terms.
+"""The training objectives as objects: one walk over the Pyro traces, a few lines per bound.
 
-``elbo_terms`` is the same estimator as ``pyro.infer.Trace_ELBO`` (``analytic_kl=False``) or
-``pyro.infer.TraceMeanField_ELBO`` (``analytic_kl=True``), with vectorized particles, but it never
-reads a value back to the host (Pyro's ELBOs call ``.item()`` on every site), and it returns the
-per-image terms that the training metrics and figures need. The tests check it against Pyro's
-own ELBOs on the same random draws.
+:func:`walk` runs the guide, then the model replayed on the guide's draws (as Pyro's ELBOs
+do), checks what the per-image terms need, and turns every site into per-image log-densities
+``[P, B]`` (particles, images). Each objective is a small class that turns those terms into a
+bound on log p(x), in the shape of Pyro's own ``ELBO`` family (``pyro/infer/elbo.py``):
+
+- :class:`ELBO`: Trace_ELBO, the Monte Carlo KL ``log q(z) - log p(z)`` at the guide's draw;
+- :class:`MeanFieldELBO`: TraceMeanField_ELBO, the analytic KL where one is registered;
+- :class:`IWAE`: the importance-weighted bound L_K of Burda et al. (2016), K = num_particles,
+  whose gradient is RenyiELBO(alpha=0)'s.
+
+The importance-sampled log-likelihood (``loglik.py``) takes its log-weights from the same walk.
+Adding an objective is one class with ``@register_objective``; the registry-wide tests check
+it against its ``pyro_equivalent`` on the same draws, with no new test code.
+
+Nothing here reads a value back to the host (Pyro's ELBOs call ``.item()`` on every site), so
+the objectives trace into one graph (``steps.py``). Scales (``poutine.scale``: the KL weight
+of a beta-VAE, a user's subsample factor) enter the bound as they enter Pyro's; the reported
+per-image terms ``log_lik`` and ``kl`` leave them out, so metrics and test figures are the
+unweighted ELBO whatever the training weight.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 PARTICLE_PLATE = "num_particles_vectorized"
 
 
 @dataclass
-class ELBOTerms:
-    """One ELBO estimate on a batch of B images (nats)."""
+class SiteTerms:
+    """Per-image log-densities of one walk, each ``[P, B]`` (P particles, B images).
 
-    loss: Tensor  # scalar: -ELBO summed over the batch, mean over particles; differentiable
-    log_lik: Tensor  # [B] E_q[log p(x | z)] per image (mean over particles)
-    kl: Tensor  # [B] KL(q(z | x) || p(z)) per image: analytic, or its Monte Carlo estimate
+    ``log_lik``, ``log_p``, ``log_q`` and ``kl`` carry the sites' scales (what a bound is made
+    of); the ``raw_`` fields leave the scales out (what the metrics report). ``kl`` is, per
+    latent site, the analytic KL where one was asked for and registered, else
+    ``log q - log p`` at the draw; ``estimators`` says which, site by site.
+    """
+
+    log_lik: Tensor
+    log_p: Tensor
+    log_q: Tensor
+    kl: Tensor
+    raw_log_lik: Tensor
+    raw_log_p: Tensor
+    raw_log_q: Tensor
+    raw_kl: Tensor
+    estimators: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_particles(self) -> int:
+        return self.log_lik.shape[0]
+
+    @property
+    def raw_log_w(self) -> Tensor:
+        """Unscaled log importance weights log p(x, z) - log q(z | x): ``[P, B]``."""
+        return self.raw_log_lik + self.raw_log_p - self.raw_log_q
+
+
+@dataclass
+class ELBOTerms:
+    """One objective's estimate on a batch of B images (nats)."""
+
+    loss: Tensor  # scalar: minus the bound summed over the batch; differentiable; scales kept
+    log_lik: Tensor  # [B] E_q[log p(x | z)] per image (mean over particles), unscaled
+    kl: Tensor  # [B] KL(q(z | x) || p(z)) per image, analytic or Monte Carlo, unscaled
     analytic_kl: bool  # True when every latent site used an analytic KL
+    estimators: dict[str, str] = field(default_factory=dict)  # latent site -> its KL estimator
 
     @property
     def kl_kind(self) -> str:
@@ -40,33 +85,26 @@ class ELBOTerms:
 
 
 def get_traces(
-    model: Callable, guide: Callable, *args, num_particles: int = 1, particle_dim: int = -2
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_particles: int = 1,
+    particle_dim: int = -2,
+    plate: str = PARTICLE_PLATE,
+    always_plate: bool = False,
 ) -> tuple[poutine.Trace, poutine.Trace]:
     """Runs the guide, then the model replayed on the guide's draws, like Pyro's ELBOs.
 
-    With ``num_particles > 1`` both run inside an outer plate at ``particle_dim`` (to the left
-    of the data plate), so every site gains a leading particle dimension.
+    With ``num_particles > 1`` (or ``always_plate``) both run inside an outer plate at
+    ``particle_dim`` (to the left of the data plate), so every site gains a particle dimension.
     """
-    if num_particles > 1:
-        model = pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim)(model)
-        guide = pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim)(guide)
+    if num_particles > 1 or always_plate:
+        model = pyro.plate(plate, num_particles, dim=particle_dim)(model)
+        guide = pyro.plate(plate, num_particles, dim=particle_dim)(guide)
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     # Plates record "sample" sites of their own (subsample indices); they are not variables.
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-
-
-def _site_log_prob(site: dict) -> Tensor:
-    log_prob = site["fn"].log_prob(site["value"])
-    return scale_and_mask(log_prob, site["scale"], site["mask"])
-
-
-def _per_image(t: Tensor | float, num_particles: int, batch: int, ref: Tensor) -> Tensor:
-    """A site term of shape [P, B], [B] or a scalar -> [B] (mean over particles)."""
-    t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
-    if num_particles > 1 and t.dim() >= 2:
-        t = t.mean(0)
-    return t.expand(batch) if t.dim() == 0 else t.reshape(batch)
 
 
 def _data_frame_size(site: dict) -> int | None:
@@ -75,24 +113,30 @@ def _data_frame_size(site: dict) -> int | None:
     return sizes[0] if sizes else None
 
 
-def check_traces(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> int:
-    """Raises ValueError where ``elbo_terms`` would be wrong; returns the batch size B.
+def _sample_sites(trace: poutine.Trace) -> list[dict]:
+    return [s for s in trace.nodes.values() if s["type"] == "sample"]
 
-    The per-image terms need: every sample site inside one data plate at dim -1 (a global
-    latent would be counted once per image); every latent model site drawn by the guide; and
-    every guide draw reparameterized (there is no score-function term here).
+
+def check_traces(
+    model_trace: poutine.Trace, guide_trace: poutine.Trace, need_rsample: bool = True
+) -> int:
+    """Raises ValueError where the per-image terms would be wrong; returns the batch size B.
+
+    They need: every sample site inside one data plate at dim -1 (a global latent would be
+    counted once per image); every latent model site drawn by the guide; and, for a gradient
+    (``need_rsample``), every guide draw reparameterized (there is no score-function term).
     """
-    sites = [s for s in model_trace.nodes.values() if s["type"] == "sample"]
+    sites = _sample_sites(model_trace)
     observed = [s for s in sites if s["is_observed"]]
     if not observed:
-        raise ValueError("the model has no observed site: elbo_terms needs obs=x somewhere")
+        raise ValueError("the model has no observed site: the objectives need obs=x somewhere")
     batch = _data_frame_size(observed[0])
-    for site in [*sites, *(s for s in guide_trace.nodes.values() if s["type"] == "sample")]:
+    for site in [*sites, *_sample_sites(guide_trace)]:
         size = _data_frame_size(site)
         if size is None or size != batch:
             raise ValueError(
                 f"site {site['name']!r} lies outside the data plate at dim -1 (of size {batch}): "
-                "its log-density is not per image and elbo_terms would miscount it; use "
+                "its log-density is not per image and the objective would miscount it; use "
                 "pyro.infer.Trace_ELBO for models with global latent variables"
             )
     for site in sites:
@@ -105,114 +149,267 @@ def check_traces(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> int:
                 "site needs a guide site of the same name"
             )
         fn = guide_trace.nodes[name]["fn"]
-        if not getattr(fn, "has_rsample", False):
+        if need_rsample and not getattr(fn, "has_rsample", False):
             raise ValueError(
                 f"the guide's site {name!r} ({type(fn).__name__}) is not reparameterized: "
-                "elbo_terms has no score-function term; use pyro.infer.Trace_ELBO, which adds it"
+                "the objectives have no score-function term; use pyro.infer.Trace_ELBO, "
+                "which adds it"
             )
+    if not any(not s["is_observed"] for s in sites):
+        raise ValueError("the model has no latent site: there is no KL term to estimate")
     return batch
 
 
-def elbo_terms(
+def _per_image(t: Tensor | float, num_particles: int, batch: int, ref: Tensor) -> Tensor:
+    """A site term of shape [P, B], [B] or a scalar -> [P, B]."""
+    t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
+    if t.dim() < 2:
+        t = t.expand(batch) if t.dim() == 0 else t.reshape(batch)
+        return t.expand(num_particles, batch)
+    return t.reshape(num_particles, batch)
+
+
+def _masked(value: Tensor, site: dict) -> Tensor:
+    return scale_and_mask(value, 1.0, site["mask"])
+
+
+def _scaled(value: Tensor, site: dict) -> Tensor:
+    """``value`` (masked already) times the site's scale, as Pyro's ELBOs weigh it."""
+    return scale_and_mask(value, site["scale"], None)
+
+
+def walk(
     model: Callable,
     guide: Callable,
     *args,
     num_particles: int = 1,
     analytic_kl: bool = False,
-) -> ELBOTerms:
-    """Estimates the ELBO of ``model``/``guide`` on ``args`` (e.g. ``x, y``).
+    need_rsample: bool = True,
+    plate: str = PARTICLE_PLATE,
+    always_plate: bool = False,
+) -> SiteTerms:
+    """The per-image terms of ``model``/``guide`` on ``args`` (e.g. ``x, y``): the one trace
+    walk every objective, the evaluation and the importance-sampled NLL share.
 
-    Observed sites make up log p(x | z); latent sites make up the KL, as
-    ``kl_divergence(q, p)`` where ``analytic_kl`` and one is registered, else log q(z) - log p(z)
-    at the guide's draw (exactly Pyro's TraceMeanField_ELBO fallback). Raises ValueError for a
-    model/guide pair it would get wrong (see :func:`check_traces`).
+    Observed sites make up log p(x | z). Latent sites make up the KL: ``kl_divergence(q, p)``
+    where ``analytic_kl`` and one is registered, else log q(z) - log p(z) at the guide's draw
+    (exactly Pyro's TraceMeanField_ELBO fallback). Raises ValueError for a model/guide pair
+    the terms would get wrong (see :func:`check_traces`).
     """
-    model_trace, guide_trace = get_traces(model, guide, *args, num_particles=num_particles)
-    batch = check_traces(model_trace, guide_trace)
-    log_lik = kl = None
-    used_analytic = True
+    model_trace, guide_trace = get_traces(
+        model,
+        guide,
+        *args,
+        num_particles=num_particles,
+        plate=plate,
+        always_plate=always_plate,
+    )
+    batch = check_traces(model_trace, guide_trace, need_rsample=need_rsample)
+    scaled = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
+    raw = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
+    estimators: dict[str, str] = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample":
             continue
+        log_p = _masked(site["fn"].log_prob(site["value"]), site)
         if site["is_observed"]:
-            term = _site_log_prob(site)
-            log_lik = term if log_lik is None else log_lik + term
+            raw["log_lik"].append(log_p)
+            scaled["log_lik"].append(_scaled(log_p, site))
             continue
         guide_site = guide_trace.nodes[name]
-        term = None
+        log_q = _masked(guide_site["fn"].log_prob(guide_site["value"]), guide_site)
+        kl = None
         if analytic_kl:
             try:
-                term = scale_and_mask(
-                    kl_divergence(guide_site["fn"], site["fn"]),
-                    guide_site["scale"],
-                    guide_site["mask"],
-                )
+                kl = _masked(kl_divergence(guide_site["fn"], site["fn"]), guide_site)
             except NotImplementedError:
                 pass
-        if term is None:
-            used_analytic = False
-            term = _site_log_prob(guide_site) - _site_log_prob(site)
-        kl = term if kl is None else kl + term
-    if kl is None:
-        raise ValueError("the model has no latent site: there is no KL term to estimate")
-    log_lik = _per_image(log_lik, num_particles, batch, log_lik)
-    kl = _per_image(kl, num_particles, batch, log_lik)
-    loss = kl.sum() - log_lik.sum()
-    return ELBOTerms(loss=loss, log_lik=log_lik, kl=kl, analytic_kl=analytic_kl and used_analytic)
+        estimators[name] = "monte-carlo" if kl is None else "analytic"
+        raw["log_p"].append(log_p)
+        raw["log_q"].append(log_q)
+        scaled["log_p"].append(_scaled(log_p, site))
+        scaled["log_q"].append(_scaled(log_q, guide_site))
+        if kl is None:
+            raw["kl"].append(log_q - log_p)
+            scaled["kl"].append(_scaled(log_q, guide_site) - _scaled(log_p, site))
+        else:
+            raw["kl"].append(kl)
+            scaled["kl"].append(_scaled(kl, guide_site))
+    ref = raw["log_lik"][0]
+    p = num_particles if num_particles > 1 or always_plate else 1
+
+    def total(terms: list[Tensor]) -> Tensor:
+        return sum(_per_image(t, p, batch, ref) for t in terms)
+
+    return SiteTerms(
+        **{k: total(v) for k, v in scaled.items()},
+        **{f"raw_{k}": total(v) for k, v in raw.items()},
+        estimators=estimators,
+    )
 
 
-OBJECTIVES = {
-    "trace": "Trace_ELBO",
-    "meanfield": "TraceMeanField_ELBO",
-    "iwae": "IWAE (RenyiELBO, alpha=0)",
-}
+class Objective:
+    """A bound on log p(x) estimated from one :func:`walk`; subclasses give :meth:`bound`.
+
+    ``objective.terms(model, guide, x, y)`` returns :class:`ELBOTerms` (loss and per-image
+    terms); ``objective(model, guide)`` returns the loss as a ``torch.nn.Module``, as Pyro's
+    ``ELBO.__call__`` does, for the ELBO-as-module path.
+    """
+
+    name: ClassVar[str]  # the registry's name (the CLI's --elbo)
+    label: ClassVar[str]  # what the metrics call it
+    analytic_kl: ClassVar[bool] = False
+
+    def __init__(self, num_particles: int = 1) -> None:
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+        self.num_particles = num_particles
+
+    def bound(self, t: SiteTerms) -> Tensor:
+        """The bound per image, ``[B]``, differentiable, from the walk's scaled terms."""
+        raise NotImplementedError
+
+    def pyro_equivalent(self) -> pyro.infer.ELBO:
+        """The Pyro ELBO this objective equals on the same draws (loss and gradients)."""
+        raise NotImplementedError
+
+    def test_estimate(self) -> Objective:
+        """The ELBO estimator whose test -ELBO a run of this objective reports every epoch."""
+        return ELBO(self.num_particles)
+
+    @property
+    def test_bound_samples(self) -> int:
+        """K of the bound -L_K a run of this objective reports every epoch (0: none)."""
+        return 0
+
+    def terms(self, model: Callable, guide: Callable, *args) -> ELBOTerms:
+        t = walk(
+            model, guide, *args, num_particles=self.num_particles, analytic_kl=self.analytic_kl
+        )
+        return ELBOTerms(
+            loss=-self.bound(t).sum(),
+            log_lik=t.raw_log_lik.mean(0),
+            kl=t.raw_kl.mean(0),
+            analytic_kl=self.analytic_kl and all(v == "analytic" for v in t.estimators.values()),
+            estimators=t.estimators,
+        )
+
+    def __call__(self, model: Callable, guide: Callable) -> nn.Module:
+        return ObjectiveLoss(self, model, guide)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_particles={self.num_particles})"
 
 
-def iwae_terms(model: Callable, guide: Callable, *args, num_particles: int = 5) -> ELBOTerms:
-    """The importance-weighted bound of Burda et al. (2016), per image, K = ``num_particles``::
+class ObjectiveLoss(nn.Module):
+    """``objective(model, guide)``: minus the bound summed over the batch, as a module whose
+    parameters are the model's and the guide's (if they are modules)."""
+
+    def __init__(self, objective: Objective, model: Callable, guide: Callable) -> None:
+        super().__init__()
+        self.objective = objective
+        self.model, self.guide = model, guide
+
+    def forward(self, *args) -> Tensor:
+        return self.objective.terms(self.model, self.guide, *args).loss
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: ``cls.name`` becomes a name of ``--elbo`` and of ``make_objective``."""
+    if cls.name in OBJECTIVES:
+        raise ValueError(f"an objective named {cls.name!r} is registered already")
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def make_objective(name: str, num_particles: int = 1) -> Objective:
+    """The one place an objective's name (config, command line) becomes an object."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](num_particles)
+
+
+def _pyro_kwargs(objective: Objective) -> dict:
+    return {
+        "num_particles": objective.num_particles,
+        "vectorize_particles": True,
+        "max_plate_nesting": 1,
+    }
+
+
+@register_objective
+class ELBO(Objective):
+    """Trace_ELBO: E_q[log p(x | z)] - (log q(z | x) - log p(z)) at the guide's draws."""
+
+    name = "trace"
+    label = "Trace_ELBO"
+
+    def bound(self, t: SiteTerms) -> Tensor:
+        return (t.log_lik - t.kl).mean(0)
+
+    def pyro_equivalent(self) -> pyro.infer.ELBO:
+        return pyro.infer.Trace_ELBO(**_pyro_kwargs(self))
+
+
+@register_objective
+class MeanFieldELBO(ELBO):
+    """TraceMeanField_ELBO: the KL in closed form where one is registered, else Monte Carlo."""
+
+    name = "meanfield"
+    label = "TraceMeanField_ELBO"
+    analytic_kl = True
+
+    def test_estimate(self) -> Objective:
+        return MeanFieldELBO(self.num_particles)
+
+    def pyro_equivalent(self) -> pyro.infer.ELBO:
+        return pyro.infer.TraceMeanField_ELBO(**_pyro_kwargs(self))
+
+
+@register_objective
+class IWAE(Objective):
+    """The importance-weighted bound (Burda et al. 2016), K = ``num_particles``::
 
         L_K = log (1/K) sum_k p(x, z_k) / q(z_k | x),   z_k ~ q(z | x)
 
-    ``loss`` = -sum over images of L_K; its gradient is the IWAE gradient (the normalized
-    weights times the gradient of each log-weight), as ``pyro.infer.RenyiELBO(alpha=0,
-    vectorize_particles=True)`` computes it, image by image. ``log_lik`` and ``kl`` are the
-    ELBO's two terms from the same K draws (their difference is the ELBO, at most L_K). K = 1
-    is Trace_ELBO.
+    Its gradient is the normalized weights times the gradient of each log-weight, as
+    ``pyro.infer.RenyiELBO(alpha=0)`` computes it, image by image. K = 1 is Trace_ELBO. The
+    reported ``log_lik`` and ``kl`` are the ELBO's two terms from the same K draws.
     """
-    model_trace, guide_trace = get_traces(model, guide, *args, num_particles=num_particles)
-    batch = check_traces(model_trace, guide_trace)
-    log_lik = log_p = log_q = 0.0
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        if site["is_observed"]:
-            log_lik = log_lik + _site_log_prob(site)
-        else:
-            log_p = log_p + _site_log_prob(site)
-            log_q = log_q + _site_log_prob(guide_trace.nodes[name])
-    log_w = log_lik + log_p - log_q  # [K, B] (or [B] for K = 1)
-    if num_particles > 1:
-        bound = log_w.logsumexp(0) - math.log(num_particles)
-    else:
-        bound = log_w
-    per_image_lik = _per_image(log_lik, num_particles, batch, log_w)
-    kl = _per_image(log_q - log_p, num_particles, batch, log_w)
-    return ELBOTerms(loss=-bound.sum(), log_lik=per_image_lik, kl=kl, analytic_kl=False)
+
+    name = "iwae"
+    label = "IWAE (RenyiELBO, alpha=0)"
+
+    def __init__(self, num_particles: int = 5) -> None:
+        super().__init__(num_particles)
+
+    def test_estimate(self) -> Objective:
+        return ELBO(1)  # the test -ELBO of one draw; the run's own bound is -L_K beside it
+
+    @property
+    def test_bound_samples(self) -> int:
+        return self.num_particles
+
+    def bound(self, t: SiteTerms) -> Tensor:
+        log_w = t.log_lik + t.log_p - t.log_q  # [K, B]
+        return log_w.logsumexp(0) - math.log(t.num_particles)
+
+    def pyro_equivalent(self) -> pyro.infer.ELBO:
+        return pyro.infer.RenyiELBO(alpha=0, **_pyro_kwargs(self))
 
 
-def objective_terms(
-    model: Callable,
-    guide: Callable,
-    *args,
-    objective: str = "trace",
-    num_particles: int = 1,
+def elbo_terms(
+    model: Callable, guide: Callable, *args, num_particles: int = 1, analytic_kl: bool = False
 ) -> ELBOTerms:
-    """The training objective by name (``OBJECTIVES``): ``elbo_terms`` for "trace" and
-    "meanfield", ``iwae_terms`` for "iwae"."""
-    if objective == "iwae":
-        return iwae_terms(model, guide, *args, num_particles=num_particles)
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
-    return elbo_terms(
-        model, guide, *args, num_particles=num_particles, analytic_kl=objective == "meanfield"
-    )
+    """The ELBO of ``model``/``guide`` on ``args``: :class:`MeanFieldELBO` when
+    ``analytic_kl``, else :class:`ELBO`, with ``num_particles`` vectorized particles."""
+    objective = MeanFieldELBO if analytic_kl else ELBO
+    return objective(num_particles).terms(model, guide, *args)
+
+
+def iwae_terms(model: Callable, guide: Callable, *args, num_particles: int = 5) -> ELBOTerms:
+    """The importance-weighted bound L_K of ``model``/``guide`` (:class:`IWAE`)."""
+    return IWAE(num_particles).terms(model, guide, *args)

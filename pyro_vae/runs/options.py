@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_vae.data.datasets import DEFAULT_TEST_FRACTION
+from pyro_vae.inference.objectives import OBJECTIVES, Objective, make_objective
+from pyro_vae.inference.steps import STEP_KINDS
 from pyro_vae.models.config import _known_fields
 
 # The data modes of TrainConfig.binarize (and of the CLI's --binarize).
 BINARIZE_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
-# Training objectives (elbo.OBJECTIVES), training steps (step.py) and learning-rate schedules.
-ELBO_CHOICES = ("trace", "meanfield", "iwae")
-STEP_CHOICES = ("auto", "eager", "fx", "compiled", "cudagraph")
+# Training objectives and step kinds: their registries' names; and learning-rate schedules.
+ELBO_CHOICES = tuple(OBJECTIVES)
+STEP_CHOICES = ("auto", *STEP_KINDS)
 LR_SCHEDULES = ("constant", "staged")
 DECODER_BIAS_INITS = ("default", "data-mean")
 
@@ -114,6 +116,10 @@ class TrainConfig:
             raise ValueError(f"image_size must be 0 (keep) or more, got {self.image_size}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+
+    def objective(self) -> Objective:
+        """The training objective these settings name (``elbo``, ``num_particles``)."""
+        return make_objective(self.elbo, self.num_particles)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

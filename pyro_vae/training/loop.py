@@ -21,7 +21,6 @@ from pyro_vae.data.datasets import DatasetSpec, check_outside_data, check_run_da
 from pyro_vae.data.images import ImageData
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.inference.loglik import evaluate_log_likelihood
-from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.inference.steps import NonFiniteError, build_step, parameters_finite, resolve_step
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.vae import VAE, labels_for
@@ -202,7 +201,7 @@ def _train(
         vae.to(device)
         if ckpt is None and config.decoder_bias == "data-mean":
             _start_decoder_bias(vae, data)
-        optimizer = make_optimizer(vae, config, capturable=kind == "cudagraph")
+        optimizer = make_optimizer(vae, config, capturable=kind.capturable_optimizer)
         scheduler = make_scheduler(optimizer, config)
         metrics: list[dict] = []
         start_epoch = 0
@@ -240,7 +239,7 @@ def _train(
         step = build_step(
             vae,
             optimizer,
-            config,
+            config.objective(),
             kind,
             world,
             log if world.is_main else None,
@@ -256,7 +255,7 @@ def _train(
             torch.manual_seed(epoch_seed(config.seed, epoch, world.rank))
             m = _run_epoch(vae, step, data, config, epoch, progress and world.is_main, world)
             m["lr"] = current_lr(optimizer)
-            m["step"] = getattr(step, "kind", kind)  # "eager" after an untraceable fall-back
+            m["step"] = step.kind  # "eager" after an untraceable fall-back
             if scheduler is not None:
                 scheduler.step()
             if world.is_main:
@@ -347,13 +346,14 @@ def _run_epoch(
         )
     vae.eval()
     t1 = time.perf_counter()
+    objective = config.objective()
     test = _evaluate(vae, data, config, world, epoch)
     m = {
         "epoch": epoch,
-        "objective": OBJECTIVES[config.elbo],
+        "objective": objective.label,
         "estimator": test["estimator"],
         "num_particles": config.num_particles,
-        "kl_kind": "monte-carlo" if config.elbo == "iwae" else test["kl_kind"],
+        "kl_kind": test["kl_kind"],
         "train_loss": loss_sum / seen,
         "train_neg_elbo": (recon_sum + kl_sum) / seen,
         "train_recon": recon_sum / seen,
@@ -382,12 +382,15 @@ def _evaluate(vae: VAE, data: ImageData, config: TrainConfig, world: World, epoc
     part = torch.tensor_split(torch.arange(data.test_x.shape[0]), world.size)[world.rank]
     x, y = data.test_x[part.to(data.test_x.device)], data.test_y[part.to(data.test_y.device)]
     batches = [(x[s : s + EVAL_BATCH], y[s : s + EVAL_BATCH]) for s in range(0, len(x), EVAL_BATCH)]
-    estimator = "meanfield" if config.elbo == "meanfield" else "trace"
-    particles = 1 if config.elbo == "iwae" else config.num_particles
+    objective = config.objective()
     test = evaluate_elbo(
-        vae, batches, estimator, particles, binarize=data.binarize, all_reduce=world.all_reduce
+        vae,
+        batches,
+        objective.test_estimate(),
+        binarize=data.binarize,
+        all_reduce=world.all_reduce,
     )
-    ks = [config.num_particles] if config.elbo == "iwae" else []
+    ks = [objective.test_bound_samples] if objective.test_bound_samples else []
     stage_end = config.lr_schedule == "constant" or epoch in stage_boundaries()
     if config.test_iw_samples and (stage_end or epoch == config.epochs):
         ks.append(config.test_iw_samples)
