@@ -9,6 +9,11 @@ Guide::
 
     z_n ~ N(loc(x_n, y_n), diag(scale(x_n, y_n)^2))
 
+The latent site "z" of both sits inside ``poutine.scale(kl_weight)``: with a weight beta the
+ELBO of any Pyro objective becomes E_q[log p(x | z)] - beta KL(q || p), the beta-VAE (Higgins
+et al. 2017), and a KL warm-up is beta rising from near 0 to 1. The weight is a buffer, so a
+traced step reads it as an input and it may change every step.
+
 The conditional VAE is the same model and guide built with ``num_classes > 0``: the one-hot
 label is appended to the encoder's and the decoder's input.
 """
@@ -20,6 +25,7 @@ from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from pyro.infer.util import is_validation_enabled
@@ -97,16 +103,46 @@ def _device_of(module: nn.Module) -> torch.device | None:
     return p.device if p is not None else None
 
 
+class KLWeight(nn.Module):
+    """beta, the weight of the KL term: a positive scale on the latent sites of the model and
+    the guide alike (Pyro's ``poutine.scale`` refuses 0). A buffer, not a parameter, and not
+    saved in checkpoints: the training run sets it every step from its own settings."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.tensor(_positive(value)), persistent=False)
+
+    def set(self, value: float) -> None:
+        """A new weight, in place (no host read: a traced or captured step sees it)."""
+        self.value.fill_(_positive(value))
+
+
+def _positive(value: float) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ValueError(
+            f"the KL weight must be positive (Pyro's poutine.scale refuses 0), got {value}; "
+            "a warm-up starts just above 0"
+        )
+    return value
+
+
 class VAEModel(PyroModule):
     """p(x, z | y): prior, decoder, likelihood. Call as ``model(x, y)``; x=None samples x."""
 
     def __init__(
-        self, decoder: Decoder, prior: nn.Module, likelihood: Likelihood, config: VAEConfig
+        self,
+        decoder: Decoder,
+        prior: nn.Module,
+        likelihood: Likelihood,
+        config: VAEConfig,
+        kl_weight: KLWeight | None = None,
     ):
         super().__init__()
         self.decoder = decoder
         self.prior = prior
         self.likelihood = likelihood
+        self.kl_weight = kl_weight or KLWeight()
         self.z_dim = config.z_dim
         self.x_dim = config.x_dim
         self.num_classes = config.num_classes
@@ -130,7 +166,8 @@ class VAEModel(PyroModule):
         # with a message that says the fix (likelihoods.Likelihood.pixels): no extra pass here.
         y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
         with pyro.plate("data", n):
-            z = pyro.sample("z", as_latent_event(self.prior(y), self.z_dim))
+            with poutine.scale(scale=self.kl_weight.value):
+                z = pyro.sample("z", as_latent_event(self.prior(y), self.z_dim))
             out = self.decoder(z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
         return out
@@ -139,9 +176,12 @@ class VAEModel(PyroModule):
 class VAEGuide(PyroModule):
     """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)). Call as ``guide(x, y)``."""
 
-    def __init__(self, encoder: Encoder, config: VAEConfig):
+    def __init__(self, encoder: Encoder, config: VAEConfig, kl_weight: KLWeight | None = None):
         super().__init__()
         self.encoder = encoder
+        # The model's weight, held by reference (a tuple hides it from registration), so the
+        # two sites of "z" are scaled alike and the buffer belongs to the model alone.
+        self._kl_weight = (kl_weight or KLWeight(),)
         self.x_dim = config.x_dim
         self.num_classes = config.num_classes
 
@@ -154,7 +194,7 @@ class VAEGuide(PyroModule):
         x = _flat_images(x, self.x_dim)
         check_labels(y, self.num_classes, x.shape[0], x.device)
         y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=self._kl_weight[0].value):
             loc, scale = self.encoder(x, y_onehot)
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
@@ -171,6 +211,7 @@ class VAE(PyroModule):
     ``prior`` is a name from ``priors.PRIORS``, a ``pyro.distributions`` object whose batch
     shape broadcasts to [z_dim], or a module/callable ``y -> distribution``. ``likelihood`` is
     a name from ``likelihoods.LIKELIHOODS`` or a callable ``decoder output -> distribution``.
+    ``kl_weight`` is beta, the weight of the KL term (``vae.kl_weight`` reads and sets it).
 
     Every VAE owns its parameters, whatever ``pyro.settings`` say. In Pyro's default mode the
     model and guide register them in the global param store under ``name`` + their attribute
@@ -191,6 +232,7 @@ class VAE(PyroModule):
         x_dim: int = 784,
         prior_components: int = 10,
         likelihood_scale: float | None = None,
+        kl_weight: float = 1.0,
         name: str | None = None,
     ) -> None:
         super().__init__(name=f"vae_{next(_VAE_NUMBERS)}" if name is None else name)
@@ -211,8 +253,10 @@ class VAE(PyroModule):
         decoder = Decoder(
             c.z_dim, lik.params_per_pixel * c.x_dim, c.hidden_dims, c.activation, c.num_classes
         )
-        self.guide = VAEGuide(encoder, c)
-        self.model = VAEModel(decoder, build_prior(prior, c, encoder), lik, c)
+        # The guide first: the order of parameters() (and of an optimizer's saved state).
+        weight = KLWeight(kl_weight)
+        self.guide = VAEGuide(encoder, c, weight)
+        self.model = VAEModel(decoder, build_prior(prior, c, encoder), lik, c, weight)
 
     @classmethod
     def from_config(cls, config: VAEConfig, name: str | None = None) -> VAE:
@@ -242,6 +286,16 @@ class VAE(PyroModule):
     @property
     def likelihood(self) -> Likelihood:
         return self.model.likelihood
+
+    @property
+    def kl_weight(self) -> float:
+        """beta, the weight of the KL term in every objective (1: the ELBO). Setting it works
+        for classic SVI as for the library's trainer; it is not saved in checkpoints."""
+        return float(self.model.kl_weight.value)
+
+    @kl_weight.setter
+    def kl_weight(self, value: float) -> None:
+        self.model.kl_weight.set(value)
 
     def _onehot(self, y: Tensor | None, n: int) -> Tensor | None:
         check_labels(y, self.config.num_classes, n, _device_of(self.model.decoder))
