@@ -1,34 +1,23 @@
 """The explorer's page in Gradio (the ``[app]`` extra): layout and events, nothing else.
 
-The model's work lives in :mod:`pyro_vae.app.explorer`, the pictures in :mod:`pyro_vae.app.view`;
-:mod:`pyro_vae.app.serve` launches the page. Two bits of JavaScript make it direct to use: a
-drawing canvas (white ink on black, as MNIST) and dragging over the latent pad.
+What each event answers lives in :mod:`pyro_vae.app.handlers` (no Gradio), the model's work in
+:mod:`pyro_vae.app.explorer`, the pictures in :mod:`pyro_vae.app.view`; :mod:`pyro_vae.app.serve`
+launches the page. Two bits of JavaScript make it direct to use: a drawing canvas (white ink on
+black, as MNIST) and dragging over the latent pad.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
-import numpy as np
-import torch
-from PIL import Image
 from torch import Tensor
 
-from pyro_vae.app.explorer import Explorer, drawing_to_pixels, to_image
-from pyro_vae.app.view import (
-    DIGIT_SCALE,
-    PAD_SIZE,
-    describe_run,
-    enlarge,
-    pad_background,
-    pad_image,
-    pad_to_coords,
-)
+from pyro_vae.app.explorer import Explorer
+from pyro_vae.app.handlers import DRAW_PROMPT, Handlers
+from pyro_vae.app.view import DIGIT, PAD_SIZE, describe_run
 from pyro_vae.models.vae import VAE
 
 NUM_SAMPLES = (1, 10, 100, 1000, 5000)  # the choices of K for scoring a drawing
@@ -36,7 +25,6 @@ NUM_SAMPLES = (1, 10, 100, 1000, 5000)  # the choices of K for scoring a drawing
 # the conditional VAE scores all 10 labels, so 100 there (benchmarks/explorer_latency.py).
 DEFAULT_NUM_SAMPLES = {False: 1000, True: 100}
 CANVAS = 280  # drawing canvas, pixels per side (10 per MNIST pixel)
-DIGIT = 28 * DIGIT_SCALE
 # The canvas posts a PNG of the drawing (white ink on black, as MNIST) when a stroke ends.
 CANVAS_JS = """
 const c = element.querySelector('canvas');
@@ -100,10 +88,42 @@ def _on_page(fn: Callable) -> Callable:
     return handler
 
 
-def _decode_png(data_url: str) -> np.ndarray | None:
-    if not data_url or "," not in data_url:
-        return None
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))))
+class _Events:
+    """The handlers as Gradio calls them: one argument per input component, in the inputs'
+    order, one value per output. Each method's name is its event's API name."""
+
+    def __init__(self, handlers: Handlers) -> None:
+        self.handlers = handlers
+
+    @_on_page
+    def on_sliders(self, *args):
+        *coords, label, residual, drawing_point = args
+        return self.handlers.decode(coords, label, residual, drawing_point)
+
+    @_on_page
+    def on_pad(self, evt: gr.SelectData, *args):  # Gradio fills evt by its type hint
+        *coords, label, residual, drawing_point = args
+        return self.handlers.click_pad(evt.index, coords, label, residual, drawing_point)
+
+    @_on_page
+    def on_sample(self, label, drawing_point):
+        return self.handlers.sample(label, drawing_point)
+
+    @_on_page
+    def on_centre(self, label, drawing_point):
+        return self.handlers.centre(label, drawing_point)
+
+    @_on_page
+    def on_draw(self, data_url, num_samples, *coords):
+        return self.handlers.score_drawing(data_url, num_samples, coords)
+
+    @_on_page
+    def on_interpolate(self, i, j, t, label):
+        return self.handlers.interpolate(i, j, t, label)
+
+    @_on_page
+    def on_random_pair(self, t, label):
+        return self.handlers.random_pair(t, label)
 
 
 def build_explorer(
@@ -123,83 +143,10 @@ def build_explorer(
     fills in what it lacks. Launch the result with :func:`launch`.
     """
     ex = Explorer(vae, test_x, test_y, image_shape=image_shape, data_mode=data_mode)
-    factor = max(1, DIGIT // max(ex.image_shape))  # shown about DIGIT pixels across
-
-    def _digit(x: Tensor) -> np.ndarray:
-        return enlarge(to_image(x, ex.image_shape), factor)
-
-    ax, k = ex.axes, ex.axes.directions.shape[0]
-    info = {**vae.config.to_dict(), **(run_info or {})}
-    cond = bool(ex.num_classes)
-    has_pad = ex.z_dim >= 2
-    bg = (
-        pad_background(ex.coords[:, :2].numpy(), test_y.cpu().numpy(), ax.extent)
-        if has_pad
-        else None
-    )
+    h = Handlers(ex, {**vae.config.to_dict(), **(run_info or {})})
+    events = _Events(h)
+    ax, k, info, cond, has_pad = h.axes, h.num_sliders, h.info, h.conditional, h.has_pad
     n_test = len(test_x)
-
-    def pad(coords, drawing_point) -> np.ndarray | None:
-        return pad_image(bg, ax.extent, tuple(coords[:2]), drawing_point) if has_pad else None
-
-    def decoded(coords, label, residual, drawing_point):
-        return _digit(ex.decode(coords, label, residual)), pad(coords, drawing_point)
-
-    @_on_page
-    def on_sliders(*args):
-        *coords, label, residual, drawing_point = args
-        return decoded(coords, label, residual, drawing_point)
-
-    @_on_page
-    def on_pad(evt: gr.SelectData, *args):  # Gradio fills evt by its type hint
-        *coords, label, residual, drawing_point = args
-        coords[:2] = (round(c, 2) for c in pad_to_coords(*evt.index, ax.extent, PAD_SIZE))
-        return (*decoded(coords, label, residual, drawing_point), *coords)
-
-    @_on_page
-    def on_sample(label, drawing_point):
-        coords, residual = ex.sample_prior(label)
-        return (*decoded(coords, label, residual, drawing_point), *coords, residual)
-
-    @_on_page
-    def on_centre(label, drawing_point):
-        return (*decoded([0.0] * k, label, None, drawing_point), *([0.0] * k), None)
-
-    @_on_page
-    def on_draw(data_url, num_samples, *coords):
-        image = _decode_png(data_url)
-        x = (
-            None
-            if image is None
-            else drawing_to_pixels(
-                image, likelihood=vae.likelihood, shape=ex.image_shape, mode=ex.data_mode
-            )
-        )
-        if x is None:
-            blank = np.zeros(tuple(factor * d for d in ex.image_shape), np.uint8)
-            return blank, blank, "Draw a digit in the black square.", None, None, pad(coords, None)
-        s = ex.score_drawing(x, int(num_samples))
-        u = ax.to_coords(s.z.cpu())[0][:2].tolist()
-        given = f" \\| y = {s.label}" if cond else ""
-        text = (
-            f"**log p(x{given}) ≈ {s.log_likelihood:.2f} nats** (importance sampling, "
-            f"K = {s.num_samples})  \n−ELBO = {s.neg_elbo:.2f} nats"
-        )
-        if info.get("test_neg_elbo") is not None:
-            text += f"  \nthe test set's mean −ELBO: {info['test_neg_elbo']:.2f} nats"
-        probs = {str(c): p for c, p in enumerate(s.label_probabilities or [])} or None
-        return _digit(s.x), _digit(s.reconstruction), text, probs, u, pad(coords, u)
-
-    @_on_page
-    def on_interpolate(i, j, t, label):
-        i, j = int(i or 0), int(j or 0)
-        path = _digit(ex.interpolate(i, j, t, label))  # first: it checks the indices
-        return _digit(ex.test_x[i]), path, _digit(ex.test_x[j])
-
-    @_on_page
-    def on_random_pair(t, label):
-        i, j = torch.randperm(n_test)[:2].tolist()
-        return i, j, *on_interpolate(i, j, t, label)
 
     def image(label, value, elem_id, size=DIGIT):
         return gr.Image(
@@ -225,7 +172,7 @@ def build_explorer(
             if has_pad:
                 with gr.Column():
                     pad_view = image(
-                        "latent space: click or drag", pad(zero, None), "latent-pad", PAD_SIZE
+                        "latent space: click or drag", h.pad(zero, None), "latent-pad", PAD_SIZE
                     )
                     what = (
                         "principal directions 1 and 2 of the encoded test set, in standard "
@@ -240,7 +187,7 @@ def build_explorer(
                     )
             with gr.Column():
                 decoded_view = image(
-                    "decoded: mean of p(x | z)", decoded(zero, label0, None, None)[0], "decoded"
+                    "decoded: mean of p(x | z)", h.decode(zero, label0, None, None)[0], "decoded"
                 )
                 names = (
                     [f"direction {i + 1} ({ax.share[i]:.0%})" for i in range(k)]
@@ -278,7 +225,7 @@ def build_explorer(
             drawn_view = image("as the model sees it", None, "drawing-input")
             recon_view = image("reconstruction", None, "drawing-reconstruction")
             with gr.Column():
-                score = gr.Markdown("Draw a digit in the black square.", elem_id="drawing-score")
+                score = gr.Markdown(DRAW_PROMPT, elem_id="drawing-score")
                 classes = gr.Label(
                     label="p(y | x) from log p(x | y), uniform p(y)",
                     num_top_classes=ex.num_classes or 1,
@@ -307,7 +254,7 @@ def build_explorer(
                 image(n, v, e)
                 for n, v, e in zip(
                     ("A", "decoded at (1 - t) z_A + t z_B", "B"),
-                    on_interpolate(0, 1, 0.5, label0),
+                    h.interpolate(0, 1, 0.5, label0),
                     ("image-a", "path", "image-b"),
                     strict=True,
                 )
@@ -316,7 +263,7 @@ def build_explorer(
         pad_out = [pad_view] if has_pad else []
         for s in sliders:
             s.input(
-                on_sliders,
+                events.on_sliders,
                 [*sliders, label, residual, drawing_point],
                 [decoded_view, *pad_out],
                 trigger_mode="always_last",
@@ -324,31 +271,35 @@ def build_explorer(
             )
         if has_pad:
             pad_view.select(
-                on_pad,
+                events.on_pad,
                 [*sliders, label, residual, drawing_point],
                 [decoded_view, pad_view, *sliders],
                 trigger_mode="always_last",
                 show_progress="hidden",
             )
         sample_btn.click(
-            on_sample, [label, drawing_point], [decoded_view, *pad_out, *sliders, residual]
+            events.on_sample, [label, drawing_point], [decoded_view, *pad_out, *sliders, residual]
         )
         centre_btn.click(
-            on_centre, [label, drawing_point], [decoded_view, *pad_out, *sliders, residual]
+            events.on_centre, [label, drawing_point], [decoded_view, *pad_out, *sliders, residual]
         )
         draw_out = [drawn_view, recon_view, score, classes, drawing_point, *pad_out]
         canvas.change(
-            on_draw, [canvas, num_samples, *sliders], draw_out, trigger_mode="always_last"
+            events.on_draw, [canvas, num_samples, *sliders], draw_out, trigger_mode="always_last"
         )
-        num_samples.change(on_draw, [canvas, num_samples, *sliders], draw_out)
+        num_samples.change(events.on_draw, [canvas, num_samples, *sliders], draw_out)
         interp_in = [ia, ib, t, label]
         for trigger in (ia.submit, ib.submit, t.input):
             trigger(
-                on_interpolate, interp_in, views, trigger_mode="always_last", show_progress="hidden"
+                events.on_interpolate,
+                interp_in,
+                views,
+                trigger_mode="always_last",
+                show_progress="hidden",
             )
-        random_btn.click(on_random_pair, [t, label], [ia, ib, *views])
+        random_btn.click(events.on_random_pair, [t, label], [ia, ib, *views])
         label.change(
-            on_sliders, [*sliders, label, residual, drawing_point], [decoded_view, *pad_out]
+            events.on_sliders, [*sliders, label, residual, drawing_point], [decoded_view, *pad_out]
         )
-        label.change(on_interpolate, interp_in, views)
+        label.change(events.on_interpolate, interp_in, views)
     return demo
