@@ -21,6 +21,7 @@ from pyro_vae.models.config import VAEConfig
 
 PAD_SIZE = 360  # pixels per side of the latent pad
 DIGIT_SCALE = 8  # a 28x28 digit is shown as 224x224 pixels (nearest neighbour: pixels stay crisp)
+DIGIT = 28 * DIGIT_SCALE  # any image is shown about this many pixels along its longer side
 CURRENT_COLOR = (0, 0, 0)  # the decoded point
 DRAWING_COLOR = (220, 20, 60)  # where the drawing lands
 HALO_COLOR = (255, 255, 255)
