@@ -123,3 +123,38 @@ def test_the_nll_and_the_objectives_share_one_walk():
     terms = ELBO(4).terms(vae.model, vae.guide, x, None)
     torch.testing.assert_close(log_w.mean(0), terms.log_lik - terms.kl, rtol=1e-10, atol=1e-8)
     assert isinstance(ELBO(), Objective)
+
+
+def _two_layers(bottom_up: bool):
+    """z2 ~ N(0, I); z1 ~ N(z2, 1); x ~ N(z1, 1), in the data plate. The guide draws z1 then
+    z2 from z1 (bottom-up, as a ladder's), or z2 then z1 (the model's own order)."""
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(z2, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z1, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            if bottom_up:
+                z1 = pyro.sample("z1", dist.Normal(0.5 * x, 0.8).to_event(1))
+                pyro.sample("z2", dist.Normal(0.5 * z1, 0.9).to_event(1))
+            else:
+                z2 = pyro.sample("z2", dist.Normal(0.3 * x, 0.9).to_event(1))
+                pyro.sample("z1", dist.Normal(0.5 * x + 0.2 * z2, 0.8).to_event(1))
+
+    return model, guide
+
+
+def test_the_closed_form_kl_only_where_it_is_the_sites_term():
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    model, guide = _two_layers(bottom_up=True)
+    t = MeanFieldELBO().terms(model, guide, x)
+    # p(z1 | z2) depends on z2, which the bottom-up guide draws after z1: Monte Carlo there.
+    assert t.estimators == {"z2": "analytic", "z1": "monte-carlo"} and not t.analytic_kl
+    model, guide = _two_layers(bottom_up=False)
+    t = MeanFieldELBO().terms(model, guide, x)
+    assert t.estimators == {"z2": "analytic", "z1": "analytic"} and t.analytic_kl
+    assert ELBO().terms(model, guide, x).estimators == {"z2": "monte-carlo", "z1": "monte-carlo"}

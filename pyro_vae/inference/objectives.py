@@ -178,6 +178,27 @@ def _scaled(value: Tensor, site: dict) -> Tensor:
     return scale_and_mask(value, site["scale"], None)
 
 
+def analytic_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> set[str]:
+    """The latent sites whose KL may be taken in closed form.
+
+    The closed form KL(q(z_s | ...) || p(z_s | ...)) at the drawn values of the other latents
+    is site s's term of the ELBO only when the latents p(z_s | ...) may depend on (those the
+    model draws before s) are drawn by the guide before s, too: then they are fixed when
+    z_s ~ q. With a bottom-up guide over top-down layers, p(z_l | z_{l+1}) depends on z_{l+1},
+    which the guide draws after z_l from q(z_{l+1} | z_l): the closed form there would be
+    biased, so that site keeps the Monte Carlo estimate. The top layer's KL (and a one-layer
+    VAE's) is exact. Pyro's TraceMeanField_ELBO instead warns when the orders differ.
+    """
+    model_order = [s["name"] for s in _sample_sites(model_trace) if not s["is_observed"]]
+    guide_order = [s["name"] for s in _sample_sites(guide_trace) if not s["is_observed"]]
+    ok = set()
+    for i, name in enumerate(model_order):
+        drawn_before = set(guide_order[: guide_order.index(name)])
+        if set(model_order[:i]) <= drawn_before:
+            ok.add(name)
+    return ok
+
+
 def walk(
     model: Callable,
     guide: Callable,
@@ -192,8 +213,9 @@ def walk(
     walk every objective, the evaluation and the importance-sampled NLL share.
 
     Observed sites make up log p(x | z). Latent sites make up the KL: ``kl_divergence(q, p)``
-    where ``analytic_kl`` and one is registered, else log q(z) - log p(z) at the guide's draw
-    (exactly Pyro's TraceMeanField_ELBO fallback). Raises ValueError for a model/guide pair
+    where ``analytic_kl``, one is registered and the closed form is the site's term
+    (:func:`analytic_sites`), else log q(z) - log p(z) at the guide's draw (exactly Pyro's
+    TraceMeanField_ELBO fallback). ``estimators`` in the result says which, per site. Raises ValueError for a model/guide pair
     the terms would get wrong (see :func:`check_traces`).
     """
     model_trace, guide_trace = get_traces(
@@ -205,6 +227,7 @@ def walk(
         always_plate=always_plate,
     )
     batch = check_traces(model_trace, guide_trace, need_rsample=need_rsample)
+    closed_form = analytic_sites(model_trace, guide_trace) if analytic_kl else set()
     scaled = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
     raw = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
     estimators: dict[str, str] = {}
@@ -219,7 +242,7 @@ def walk(
         guide_site = guide_trace.nodes[name]
         log_q = _masked(guide_site["fn"].log_prob(guide_site["value"]), guide_site)
         kl = None
-        if analytic_kl:
+        if name in closed_form:
             try:
                 kl = _masked(kl_divergence(guide_site["fn"], site["fn"]), guide_site)
             except NotImplementedError:
