@@ -215,8 +215,8 @@ def walk(
     Observed sites make up log p(x | z). Latent sites make up the KL: ``kl_divergence(q, p)``
     where ``analytic_kl``, one is registered and the closed form is the site's term
     (:func:`analytic_sites`), else log q(z) - log p(z) at the guide's draw (exactly Pyro's
-    TraceMeanField_ELBO fallback). ``estimators`` in the result says which, per site. Raises ValueError for a model/guide pair
-    the terms would get wrong (see :func:`check_traces`).
+    TraceMeanField_ELBO fallback). ``estimators`` in the result says which, per site. Raises
+    ValueError for a model/guide pair the terms would get wrong (see :func:`check_traces`).
     """
     model_trace, guide_trace = get_traces(
         model,
