@@ -128,3 +128,12 @@ def test_tensorboard_event_file_holds_the_epochs_scalars_and_images(mnist_dir, t
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["test_neg_elbo"] for r in rows] == [m["test_neg_elbo"] for m in metrics]
     assert math.isfinite(rows[-1]["lr"])
+
+
+def test_kl_warmup_rises_linearly_to_beta_and_is_never_zero():
+    from pyro_vae.training.schedules import kl_weight_at
+
+    assert kl_weight_at(0, beta=2.0, warmup=4) == pytest.approx(0.5)
+    assert [kl_weight_at(t, 2.0, 4) for t in range(6)] == pytest.approx([0.5, 1, 1.5, 2, 2, 2])
+    assert kl_weight_at(10**6, beta=0.7, warmup=0) == 0.7  # no warm-up: beta throughout
+    assert min(kl_weight_at(t, 1.0, 1000) for t in range(2000)) > 0

@@ -109,3 +109,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
             st = optimizer.state.get(p, {})
             if "step" in st and (group.get("capturable") or group.get("fused")):
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
+def kl_weight_at(step: int, beta: float = 1.0, warmup: int = 0) -> float:
+    """beta at training step ``step`` (0-based, counted over the whole run): a linear rise
+    from beta / warmup at the first step to beta at step ``warmup - 1``, then beta. Never 0,
+    which Pyro's ``poutine.scale`` refuses; ``warmup = 0`` is no warm-up. A function of the
+    step alone, so a resumed run weighs each step as an uninterrupted one does."""
+    if warmup <= 0:
+        return beta
+    return beta * min(1.0, (step + 1) / warmup)
