@@ -177,20 +177,22 @@ class VAE(PyroModule):
     path; ``name`` defaults to a fresh ``vae_0``, ``vae_1``, ... per VAE, so several VAEs in one
     session never share or swap a parameter. Give two VAEs the same ``name`` only to share
     their parameters on purpose (Pyro's param store semantics).
+
+    The defaults are :class:`VAEConfig`'s (one table of options, stated there).
     """
 
     def __init__(
         self,
-        z_dim: int = 50,
-        hidden_dims: tuple[int, ...] = (400,),
+        z_dim: int = VAEConfig.z_dim,
+        hidden_dims: tuple[int, ...] = VAEConfig.hidden_dims,
         *,
-        num_classes: int = 0,
-        activation: str = "softplus",
-        prior: str | PriorLike = "normal",
-        likelihood: str | Callable | Likelihood = "bernoulli",
-        x_dim: int = 784,
-        prior_components: int = 10,
-        likelihood_scale: float | None = None,
+        num_classes: int = VAEConfig.num_classes,
+        activation: str = VAEConfig.activation,
+        prior: str | PriorLike = VAEConfig.prior,
+        likelihood: str | Callable | Likelihood = VAEConfig.likelihood,
+        x_dim: int = VAEConfig.x_dim,
+        prior_components: int = VAEConfig.prior_components,
+        likelihood_scale: float | None = VAEConfig.likelihood_scale,
         name: str | None = None,
     ) -> None:
         super().__init__(name=f"vae_{next(_VAE_NUMBERS)}" if name is None else name)
