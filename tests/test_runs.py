@@ -42,7 +42,7 @@ def config(mnist_dir, out, epochs: int) -> TrainConfig:
         out=str(out),
         epochs=epochs,
         batch_size=64,
-        binarize="dynamic",  # a callable likelihood says nothing of its data: say it here
+        data_mode="dynamic",  # a callable likelihood says nothing of its data: say it here
         train_subset=300,
         test_subset=100,
         device="cpu",

@@ -103,7 +103,7 @@ def test_run_directory_holds_config_checkpoint_and_figures(run):
     saved = json.loads((out / "config.json").read_text())
     assert VAEConfig.from_dict(saved["vae"]) == VAEConfig()
     train_cfg = TrainConfig.from_dict(saved["train"])
-    assert train_cfg.epochs == 2 and train_cfg.binarize == "dynamic"
+    assert train_cfg.epochs == 2 and train_cfg.data_mode == "dynamic"
     ckpt = load_checkpoint(out)
     assert ckpt["epoch"] == 2
     assert {"vae_config", "train_config", "model", "optimizer", "scheduler", "world_size"} <= set(

@@ -126,7 +126,7 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
             vae,
             data.test_batches(args.batch_size),
             args.num_samples,
-            binarize=data.binarize,
+            binarize=data.data_mode,
             step=args.step,
         )
 
@@ -149,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         for name in elbos:
             batches = data.test_batches(EVAL_BATCH)
             results.append(
-                evaluate_elbo(vae, batches, name, args.num_particles, binarize=data.binarize)
+                evaluate_elbo(vae, batches, name, args.num_particles, binarize=data.data_mode)
             )
     num_dims = vae.config.x_dim
     source = data.dataset.get("title", "MNIST")
@@ -159,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "run_dir": str(args.run_dir),
         "epoch": ckpt["epoch"],
         "split": "test",
-        "binarize": data.binarize,
+        "data_mode": data.data_mode,
         "data": results[0]["data"],
         "dataset": results[0]["dataset"],
         "num_dims": num_dims,
@@ -278,7 +278,7 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
         run_dir=str(args.run_dir),
         epoch=ckpt["epoch"],
         split="test",
-        binarize=data.binarize,
+        data_mode=data.data_mode,
         seed=args.seed,
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from pyro_vae.models.networks import ACTIVATIONS
 from pyro_vae.models.priors import PRIORS
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.options import (
-    BINARIZE_MODES,
+    DATA_MODES,
     DECODER_BIAS_INITS,
     ELBO_CHOICES,
     LR_SCHEDULES,
@@ -54,7 +54,7 @@ TRAIN_OPTIONS = (
     "lr_schedule",
     "elbo",
     "num_particles",
-    "binarize",
+    "data_mode",
     "seed",
     "train_subset",
     "test_subset",
@@ -119,8 +119,10 @@ def add_train_parser(sub) -> None:
     )
     t.add_argument("--num-particles", type=POSITIVE, default=1, help="particles (K), vectorized")
     t.add_argument(
-        "--binarize",
-        choices=BINARIZE_MODES,
+        "--data-mode",
+        "--binarize",  # its old name
+        dest="data_mode",
+        choices=DATA_MODES,
         default="auto",
         help="how pixels become data. auto: dynamic for bernoulli, none (the raw 8-bit values) "
         "for discretized-logistic, dequantize ((k + u) / 256, fresh per batch) for the others",
@@ -235,7 +237,7 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     differ = []
     for name in sorted(args.typed - set(RESUME_OPTIONS) - {"resume"}):
         given = getattr(args, name)
-        if given != saved.get(name) and (name, given) not in (("binarize", "auto"), _AUTO_CLASSES):
+        if given != saved.get(name) and (name, given) not in (("data_mode", "auto"), _AUTO_CLASSES):
             flag = "--" + {"betas": "adam_betas", "eps": "adam_eps"}.get(name, name)
             flag = flag.replace("_", "-")
             differ.append(f"{flag} {shown(given)} (the run has {shown(saved.get(name))})")

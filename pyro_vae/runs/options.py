@@ -6,14 +6,14 @@ A checkpoint stores them as a plain dict, so a run can be rebuilt from its direc
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pyro_vae.data.datasets import DEFAULT_TEST_FRACTION
 from pyro_vae.models.config import _known_fields
 
-# The data modes of TrainConfig.binarize (and of the CLI's --binarize).
-BINARIZE_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
+# The data modes of TrainConfig.data_mode (the CLI's --data-mode).
+DATA_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
 # Training objectives (elbo.OBJECTIVES), training steps (step.py) and learning-rate schedules.
 ELBO_CHOICES = ("trace", "meanfield", "iwae")
 STEP_CHOICES = ("auto", "eager", "fx", "compiled", "cudagraph")
@@ -51,8 +51,9 @@ class TrainConfig:
     # (densities then bound the 8-bit data's likelihood); "none": the raw values k / 255.
     # "auto" resolves to "dynamic" for binary likelihoods, "none" for the discretized one and
     # "dequantize" for densities. The run records the resolved mode (runs made when "auto"
-    # meant "none" for densities recorded "none", and still load that way).
-    binarize: str = "auto"
+    # meant "none" for densities recorded "none", and still load that way). Runs made before
+    # the rename recorded it as "binarize".
+    data_mode: str = "auto"
     seed: int = 0
     device: str = "auto"
     # Use only the first N training / test images (0 = all); for quick runs and tests.
@@ -71,7 +72,6 @@ class TrainConfig:
     tensorboard: bool = False
     # The preset the run was made from (presets.PRESETS); its values are the fields above.
     preset: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     # The data (datasets.py): "mnist", "fashion-mnist", "kmnist", "folder:PATH" or "tensor:FILE".
     dataset: str = "mnist"
     # folder: only: resize every image to image_size x image_size (0: keep the files' size).
@@ -98,9 +98,9 @@ class TrainConfig:
             raise ValueError(f"test_iw_samples must be 0 (off) or more, got {self.test_iw_samples}")
         if not self.eps > 0:
             raise ValueError(f"eps must be positive, got {self.eps}")
-        if self.binarize not in BINARIZE_MODES:
+        if self.data_mode not in DATA_MODES:
             raise ValueError(
-                f"binarize must be one of {', '.join(BINARIZE_MODES)}, got {self.binarize!r}"
+                f"data_mode must be one of {', '.join(DATA_MODES)}, got {self.data_mode!r}"
             )
         for name in ("epochs", "batch_size", "num_particles"):
             if getattr(self, name) < 1:
@@ -122,4 +122,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config a checkpoint or config.json recorded, those written before the renames
+        included (``LEGACY_KEYS``); a field it lacks takes its default."""
+        d = dict(d)
+        for old, new in LEGACY_KEYS.items():
+            if old in d:
+                value = d.pop(old)
+                if new is not None:
+                    d.setdefault(new, value)
         return cls(**_known_fields(cls, d))
+
+
+# Keys of train_configs recorded before: old name -> field (None: dropped, it was never read).
+LEGACY_KEYS: dict[str, str | None] = {"binarize": "data_mode", "extra": None}

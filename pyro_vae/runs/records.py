@@ -164,7 +164,7 @@ def load_run(
     data = ImageData.load(
         data_dir,
         vae.likelihood,
-        tc.binarize,
+        tc.data_mode,
         device,
         train_subset=1,
         test_subset=tc.test_subset if test_subset is None else test_subset,

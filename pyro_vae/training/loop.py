@@ -76,7 +76,7 @@ def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
         for name in TrainConfig.__dataclass_fields__
         if name not in RESUMABLE
         and getattr(given, name) != getattr(saved, name)
-        and not (name == "binarize" and given.binarize == "auto")
+        and not (name == "data_mode" and given.data_mode == "auto")
     ]
     if diff:
         raise ValueError(
@@ -176,7 +176,7 @@ def _train(
     data = ImageData.load(
         config.data_dir,
         vae.likelihood,
-        config.binarize,
+        config.data_mode,
         device,
         train_subset=config.train_subset,
         test_subset=config.test_subset,
@@ -187,8 +187,8 @@ def _train(
     # binarization draws come from a seeded block, not from the caller's generator).
     with seeded(config.seed, device):
         data.validate(vae.config.num_classes)
-    if config.binarize == "auto":
-        config.binarize = data.binarize
+    if config.data_mode == "auto":
+        config.data_mode = data.data_mode
     steps_per_epoch = data.num_batches(config.batch_size)
     kind = resolve_step(config.step, device, steps_per_epoch * config.epochs, world.size)
     record = {
@@ -385,7 +385,7 @@ def _evaluate(vae: VAE, data: ImageData, config: TrainConfig, world: World, epoc
     estimator = "meanfield" if config.elbo == "meanfield" else "trace"
     particles = 1 if config.elbo == "iwae" else config.num_particles
     test = evaluate_elbo(
-        vae, batches, estimator, particles, binarize=data.binarize, all_reduce=world.all_reduce
+        vae, batches, estimator, particles, binarize=data.data_mode, all_reduce=world.all_reduce
     )
     ks = [config.num_particles] if config.elbo == "iwae" else []
     stage_end = config.lr_schedule == "constant" or epoch in stage_boundaries()
