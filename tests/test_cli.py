@@ -169,12 +169,12 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     (
         "--resume with another --lr",
         ["train", "--out", "RUN", "--resume", "--lr", "0.01"],
-        "--lr 0.01 (the run has 0.001); drop it",
+        "--lr 0.01 (TrainConfig.lr; the run has 0.001); drop it",
     ),
     (
         "--resume with another --hidden-dims",
         ["train", "--out", "RUN", "--resume", "--hidden-dims", "64,32"],
-        "--hidden-dims 64,32 (the run has 16)",
+        "--hidden-dims 64,32 (VAEConfig.hidden_dims; the run has 16)",
     ),
     ("--resume, no run", ["train", "--out", "EMPTY", "--resume"], "no checkpoint at"),
     (

@@ -19,6 +19,7 @@ from pyro_vae.cli.args import (
     Parser,
     UsageError,
     add_data_args,
+    add_setting,
     at_least,
     data_options,
     port,
@@ -352,7 +353,7 @@ def _add_sample_parser(sub) -> None:
     p.add_argument("--ncols", type=POSITIVE, default=8, help="digits per row (default 8)")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/figures/sample_*.png)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    add_setting(p, TrainConfig, "device")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

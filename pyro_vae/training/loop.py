@@ -27,7 +27,7 @@ from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.vae import VAE, labels_for
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pyro_vae.runs.lock import hold_run
-from pyro_vae.runs.options import RESUMABLE, TrainConfig
+from pyro_vae.runs.options import TrainConfig, resume_settings
 from pyro_vae.runs.records import (
     append_metrics,
     check_fits,
@@ -68,24 +68,6 @@ def _epoch_line(m: dict, epochs: int) -> str:
     return line + f"[{m['objective']}, KL {m['kl_kind']}, nats/image]  {m['seconds']:.1f} s"
 
 
-def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-    """The run's settings with the given length, data folder, device and step; ValueError
-    naming every other setting that ``given`` changes (a resumed run trains as it started)."""
-    diff = [
-        f"{name} {getattr(given, name)!r} (run: {getattr(saved, name)!r})"
-        for name in TrainConfig.__dataclass_fields__
-        if name not in RESUMABLE
-        and getattr(given, name) != getattr(saved, name)
-        and not (name == "data_mode" and given.data_mode == "auto")
-    ]
-    if diff:
-        raise ValueError(
-            "a resumed run keeps its settings, but these differ from the run's: "
-            f"{', '.join(diff)}; change only {', '.join(RESUMABLE)} (or start a new run)"
-        )
-    return TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(given, k) for k in RESUMABLE}})
-
-
 def _start_decoder_bias(vae: VAE, data: ImageData) -> None:
     """The IWAE paper's start: the decoder's output bias at the logit of the training set's
     mean pixel (clipped to [0.001, 0.999]), so the first steps do not spend themselves on it."""
@@ -113,7 +95,8 @@ def train(
     moved to ``config.device``); or a :class:`VAEConfig` of registry names, built here from
     ``config.seed``. With ``resume=True`` the run in ``config.out`` continues to
     ``config.epochs``: pass the VAE rebuilt with the run's objects (or None for a run of
-    registry names); ``config`` may change only the fields in ``RESUMABLE``.
+    registry names); ``config`` may change only the fields in ``RESUMABLE`` (the check is
+    ``runs.options.resume_settings``, the CLI's too).
 
     ``world``: this process's place in a torchrun job (``distributed.init_world``); one process
     by default. ``preset``: what a preset set (recorded in config.json). Torch's RNG is seeded
@@ -151,7 +134,8 @@ def _train(
     if resume:
         ckpt = load_checkpoint(out)
         saved = VAEConfig.from_dict(ckpt["vae_config"])
-        config = resumed_config(TrainConfig.from_dict(ckpt["train_config"]), config)
+        given = {name: getattr(config, name) for name in TrainConfig.__dataclass_fields__}
+        config = resume_settings(TrainConfig.from_dict(ckpt["train_config"]), given)
         check_outside_data(out, DatasetSpec.of(config))
         if isinstance(vae, VAE):
             check_fits(vae, saved, ckpt.get("objects"))
