@@ -121,7 +121,7 @@ def load_train(data_dir: str | None, device: torch.device) -> ImageData:
         train_y=y.to(device),
         test_x=torch.empty(0, 784, device=device),
         test_y=y[:0].to(device),
-        binarize="dynamic",
+        data_mode="dynamic",
         likelihood=lik,
     )
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     data = ImageData.load(
         args.data_dir,
         vae.likelihood,
-        ckpt["train_config"]["binarize"],
+        TrainConfig.from_dict(ckpt["train_config"]).data_mode,
         train_subset=1,
         test_subset=args.test_subset,
     )

@@ -3,7 +3,7 @@
     python examples/swap_prior_likelihood.py --epochs 5
     python examples/swap_prior_likelihood.py --combos normal:bernoulli,vamp:bernoulli
 
-Each likelihood gets its data from `--binarize auto`: bernoulli binarized pixels, the
+Each likelihood gets its data from `--data-mode auto`: bernoulli binarized pixels, the
 discretized logistic the raw 8-bit values, the densities (continuous Bernoulli, Beta,
 Gaussian, Laplace) dequantized 8-bit pixels. The table has one section per dataset, and
 bits per dimension compare only within a section: the 8-bit rows (dequantized bounds, with
@@ -106,20 +106,20 @@ def main() -> None:
         )
         last = metrics[-1]
         vae, ckpt = load_vae(run, args.device if args.device != "auto" else "cpu")
-        binarize = ckpt["train_config"]["binarize"]
-        label = data_label(binarize, vae.likelihood)
+        data_mode = TrainConfig.from_dict(ckpt["train_config"]).data_mode
+        label = data_label(data_mode, vae.likelihood)
         nll = {"nats_per_image": float("nan"), "bits_per_dim": float("nan")}
         if args.num_samples:
             data = ImageData.load(
                 args.data_dir,
                 vae.likelihood,
-                binarize,
+                data_mode,
                 train_subset=1,
                 test_subset=args.test_subset,
             )
             torch.manual_seed(0)
             nll = evaluate_log_likelihood(
-                vae, data.test_batches(500), num_samples=args.num_samples, binarize=binarize
+                vae, data.test_batches(500), num_samples=args.num_samples, data_mode=data_mode
             )
         torch.manual_seed(0)
         samples[combo] = vae.sample(12)

@@ -87,7 +87,7 @@ def test_run_identity_comes_from_the_runs_files(tmp_path):
     ckpt = {
         "epoch": 2,
         "vae_config": VAEConfig(z_dim=2, prior="vamp", likelihood="bernoulli").to_dict(),
-        "train_config": TrainConfig(binarize="dynamic").to_dict(),
+        "train_config": TrainConfig(data_mode="dynamic").to_dict(),
     }
     info = run_info(run, ckpt)
     assert info["name"] == "vae10" and info["epochs"] == 2 and info["test_neg_elbo"] == 120.5

@@ -163,18 +163,18 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("--device tpu", ["train", "--device", "tpu"], "unknown device 'tpu'; use auto, cpu or cuda"),
     (
         "grayscale into bernoulli",
-        ["train", "--binarize", "none", "--data-dir", "DATA"],
-        "binarize the data (--binarize dynamic or threshold)",
+        ["train", "--data-mode", "none", "--data-dir", "DATA"],
+        "binarize the data (--data-mode dynamic or threshold)",
     ),
     (
         "--resume with another --lr",
         ["train", "--out", "RUN", "--resume", "--lr", "0.01"],
-        "--lr 0.01 (the run has 0.001); drop it",
+        "--lr 0.01 (TrainConfig.lr; the run has 0.001); drop it",
     ),
     (
         "--resume with another --hidden-dims",
         ["train", "--out", "RUN", "--resume", "--hidden-dims", "64,32"],
-        "--hidden-dims 64,32 (the run has 16)",
+        "--hidden-dims 64,32 (VAEConfig.hidden_dims; the run has 16)",
     ),
     ("--resume, no run", ["train", "--out", "EMPTY", "--resume"], "no checkpoint at"),
     (
@@ -402,7 +402,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
         (["--likelihood", "bernoulli"], "dynamic", "binarized"),
         # A run made before dequantization existed recorded "none": it evaluates on "none".
         (
-            ["--likelihood", "beta", "--binarize", "none"],
+            ["--likelihood", "beta", "--data-mode", "none"],
             "none",
             "grayscale [0,1] (not comparable)",
         ),
@@ -417,7 +417,7 @@ def test_evaluate_says_which_data_and_reports_bits_per_dim(
     train = ["train", "--out", str(run), "--epochs", "1", "--train-subset", "256", "--no-progress"]
     train += ["--test-subset", "32", "--hidden-dims", "16", "--z-dim", "4", *options]
     assert main(train + common) == 0
-    assert json.loads((run / "config.json").read_text())["train"]["binarize"] == mode
+    assert json.loads((run / "config.json").read_text())["train"]["data_mode"] == mode
     capsys.readouterr()
     evaluate = [
         "evaluate",
@@ -432,7 +432,7 @@ def test_evaluate_says_which_data_and_reports_bits_per_dim(
     assert main(evaluate + common) == 0
     stdout = capsys.readouterr().out
     report = json.loads((run / "eval.json").read_text())
-    assert (report["binarize"], report["data"], report["num_dims"]) == (mode, data, 784)
+    assert (report["data_mode"], report["data"], report["num_dims"]) == (mode, data, 784)
     added = 784 * math.log(256) if mode == "dequantize" else 0.0
     assert report["dequantization_nats"] == pytest.approx(added)
     for r in [*report["elbo"], report["log_likelihood"]]:

@@ -167,7 +167,7 @@ def test_cli_compare_elbo_writes_json_and_figure(trained_run, mnist_dir, tmp_pat
     args += ["--particles", "1,2", "--ks", "1,5,20", "--iw-subset", "10", "--out", str(tmp_path)]
     assert main(args) == 0
     r = json.loads((tmp_path / "compare_elbo.json").read_text())
-    assert r["protocol"]["ks"] == [1, 5, 20] and r["protocol"]["binarize"] == "dynamic"
+    assert r["protocol"]["ks"] == [1, 5, 20] and r["protocol"]["data_mode"] == "dynamic"
     assert set(r["estimators"]) == {"Trace_ELBO", "TraceMeanField_ELBO"}
     assert (tmp_path / "compare_elbo.png").stat().st_size > 0
     assert main(args[:6] + ["--repeats", "1"]) == 2  # a variance needs two evaluations

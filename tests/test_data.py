@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyro_vae.data.images import ImageData
-from pyro_vae.data.pixels import dequantize, resolve_binarize, to_pixels
+from pyro_vae.data.pixels import dequantize, resolve_data_mode, to_pixels
 from pyro_vae.data.torchvision_data import idx_problem, load_mnist
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.likelihoods import (
@@ -131,9 +131,9 @@ def test_auto_gives_each_likelihood_its_data():
     assert set(expected) == set(LIKELIHOODS)  # a new likelihood: say what auto gives it
     for name, mode in expected.items():
         lik = LIKELIHOODS[name](VAEConfig())
-        assert resolve_binarize("auto", lik) == mode
+        assert resolve_data_mode("auto", lik) == mode
         # A mode a run recorded is kept as it is (old runs recorded "none" for densities).
-        assert resolve_binarize("none", lik) == "none"
+        assert resolve_data_mode("none", lik) == "none"
 
 
 def test_raw_values_are_the_discretized_likelihoods_data_exactly():
@@ -142,7 +142,7 @@ def test_raw_values_are_the_discretized_likelihoods_data_exactly():
     pixels = to_pixels(x, "none", lik)
     assert torch.equal(pixels, x.float() / 255)  # prepare() leaves the raw values alone
     lik.check(pixels)
-    with pytest.raises(ValueError, match="raw 8-bit.*--binarize none"):
+    with pytest.raises(ValueError, match="raw 8-bit.*--data-mode none"):
         lik.check(to_pixels(x, "dequantize", lik))
 
 
@@ -150,7 +150,7 @@ def test_raw_values_are_the_discretized_likelihoods_data_exactly():
 def test_test_set_is_dequantized_once_with_the_fixed_seed(mnist_dir):
     lik = BetaLikelihood()
     a, b = (ImageData.load(mnist_dir, lik, "auto", train_subset=64, test_subset=50) for _ in "ab")
-    assert a.binarize == "dequantize"
+    assert a.data_mode == "dequantize"
     assert torch.equal(a.test_x, b.test_x)  # the same test data for every run and checkpoint
     raw = load_mnist(mnist_dir, train=False)[0][:50]
     assert torch.equal((a.test_x * 256).floor().to(torch.uint8), raw)

@@ -303,7 +303,7 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     (
         "--resume with another dataset",
         ["train", "--out", "RUN", "--resume", "--dataset", "kmnist"],
-        "--dataset kmnist (the run has tensor:",
+        "--dataset kmnist (TrainConfig.dataset; the run has tensor:",
     ),
     ("evaluate on another dataset", ["evaluate", "RUN", "--dataset", "kmnist"], "not kmnist;"),
     (

@@ -13,7 +13,7 @@ import torch
 
 from pyro_vae import VAE, elbo_terms
 from pyro_vae.cli.main import main
-from pyro_vae.data.pixels import resolve_binarize, to_pixels
+from pyro_vae.data.pixels import resolve_data_mode, to_pixels
 from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.inference.loglik import evaluate_log_likelihood, iw_bound, log_marginal, log_weights
 from pyro_vae.inference.units import bits_per_dim, dequantization_nats
@@ -216,7 +216,7 @@ def test_cli_evaluate_writes_nll_and_protocol(mnist_dir, tmp_path):
     assert main(ev + common + ["--seed", "3"]) == 0
     report = json.loads((run / "eval.json").read_text())
     ll = report["log_likelihood"]
-    assert (report["split"], report["binarize"], report["seed"]) == ("test", "dynamic", 3)
+    assert (report["split"], report["data_mode"], report["seed"]) == ("test", "dynamic", 3)
     assert (ll["num_samples"], ll["num_images"]) == (20, 40)
     # -log p(x) <= -L_20 <= ... : the NLL estimate lies below both -ELBO estimates.
     for r in report["elbo"]:
@@ -233,7 +233,7 @@ def test_nll_lies_below_the_elbo_in_bits_per_dim_on_8_bit_data(likelihood):
     noise = torch.randint(0, 56, strokes.shape, generator=g)
     raw = (strokes * 200 + noise).to(torch.uint8)
     vae = VAE(z_dim=4, hidden_dims=(32,), x_dim=x_dim, likelihood=likelihood)
-    mode = resolve_binarize("auto", vae.likelihood)  # the data each likelihood gets
+    mode = resolve_data_mode("auto", vae.likelihood)  # the data each likelihood gets
     optim = torch.optim.Adam(vae.parameters(), lr=1e-2)
     for _ in range(60):
         optim.zero_grad()
@@ -241,8 +241,8 @@ def test_nll_lies_below_the_elbo_in_bits_per_dim_on_8_bit_data(likelihood):
         optim.step()
     test = [(to_pixels(raw, mode, vae.likelihood, generator=g), torch.zeros(len(raw)))]
     with torch.no_grad():
-        elbo = evaluate_elbo(vae, test, "trace", num_particles=20, binarize=mode)
-        nll = evaluate_log_likelihood(vae, test, num_samples=500, binarize=mode)
+        elbo = evaluate_elbo(vae, test, "trace", num_particles=20, data_mode=mode)
+        nll = evaluate_log_likelihood(vae, test, num_samples=500, data_mode=mode)
     added = x_dim * math.log(256) if mode == "dequantize" else 0.0
     assert nll["data"] == elbo["data"] == ("8-bit dequantized" if added else "8-bit discrete")
     assert nll["nats_per_image"] == pytest.approx(nll["neg_log_likelihood"] + added)

@@ -208,7 +208,7 @@ def synthetic_data(n: int = 60) -> ImageData:
         train_y=y,
         test_x=x,
         test_y=y,
-        binarize="threshold",
+        data_mode="threshold",
         likelihood=BernoulliLikelihood(),
     )
 

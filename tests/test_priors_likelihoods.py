@@ -204,7 +204,7 @@ def test_data_outside_support_says_the_fix(likelihood):
 
 def test_bernoulli_grayscale_error_suggests_binarize_or_continuous_bernoulli():
     vae = tiny_vae()
-    with pytest.raises(ValueError, match="--binarize.*continuous-bernoulli"):
+    with pytest.raises(ValueError, match="--data-mode.*continuous-bernoulli"):
         elbo_terms(vae.model, vae.guide, torch.rand(BATCH, 784))
 
 

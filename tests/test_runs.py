@@ -42,7 +42,7 @@ def config(mnist_dir, out, epochs: int) -> TrainConfig:
         out=str(out),
         epochs=epochs,
         batch_size=64,
-        binarize="dynamic",  # a callable likelihood says nothing of its data: say it here
+        data_mode="dynamic",  # a callable likelihood says nothing of its data: say it here
         train_subset=300,
         test_subset=100,
         device="cpu",
@@ -135,7 +135,7 @@ def test_resume_refuses_settings_that_differ_and_keeps_the_run(mnist_dir, tmp_pa
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     changed = config(mnist_dir, run, 2)
     changed.lr = 0.01
-    with pytest.raises(ValueError, match=r"lr 0.01 \(run: 0.001\)"):
+    with pytest.raises(ValueError, match=r"--lr 0.01 \(TrainConfig.lr; the run has 0.001\)"):
         train(None, changed, resume=True, **QUIET)
     with pytest.raises(ValueError, match="VAEConfig passed differs"):
         train(VAEConfig(z_dim=5), config(mnist_dir, run, 2), resume=True, **QUIET)

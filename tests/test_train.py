@@ -103,7 +103,7 @@ def test_run_directory_holds_config_checkpoint_and_figures(run):
     saved = json.loads((out / "config.json").read_text())
     assert VAEConfig.from_dict(saved["vae"]) == VAEConfig()
     train_cfg = TrainConfig.from_dict(saved["train"])
-    assert train_cfg.epochs == 2 and train_cfg.binarize == "dynamic"
+    assert train_cfg.epochs == 2 and train_cfg.data_mode == "dynamic"
     ckpt = load_checkpoint(out)
     assert ckpt["epoch"] == 2
     assert {"vae_config", "train_config", "model", "optimizer", "scheduler", "world_size"} <= set(
@@ -272,7 +272,7 @@ def test_resume_with_the_replayed_graph_is_exact(mnist_dir, tmp_path):
 def test_a_nan_stops_training_in_one_line_and_keeps_the_last_good_checkpoint(
     step, mnist_dir, tmp_path, capsys, monkeypatch
 ):
-    import pyro_vae.training.loop as training
+    import pyro_vae.training.start as training
     from pyro_vae.cli.main import main
 
     run = tmp_path / "run"

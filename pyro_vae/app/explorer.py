@@ -104,7 +104,7 @@ def drawing_to_pixels(
     ``image``: uint8 [h, w] or [h, w, 3 | 4], light ink on a dark or transparent background (as
     MNIST). As MNIST was made, the ink is cropped, scaled to fit a box of 20/28 of the image's
     shorter side and centred by its centre of mass in ``shape`` (H, W). Then, as the run's data
-    ``mode`` (``ImageData.binarize``) makes data: "dynamic" or "threshold" threshold at 1/2 (the
+    ``mode`` (``ImageData.data_mode``) makes data: "dynamic" or "threshold" threshold at 1/2 (the
     mode of dynamic binarization); "dequantize" takes each bin's midpoint (k + 1/2) / 256, so a
     drawing scores the same every time; "none" is grayscale via ``likelihood.prepare``. Without
     a mode, ``binary`` chooses between threshold and none.
@@ -174,7 +174,7 @@ class Explorer:
     ``vae``: any :class:`pyro_vae.VAE`, built under the Pyro settings it runs with; ``test_x``
     [M, H * W] in the model's data representation, ``test_y`` [M] labels, on the VAE's device.
     ``image_shape``: (H, W), default square; ``data_mode``: how the run made its data
-    (``ImageData.binarize``), which drawings follow; default: threshold when the test set is
+    (``ImageData.data_mode``), which drawings follow; default: threshold when the test set is
     binary, else grayscale.
     """
 

@@ -140,6 +140,6 @@ def serve(
         data.test_y,
         run_info(run_dir, ckpt),
         image_shape=data.image_shape,
-        data_mode=data.binarize,
+        data_mode=data.data_mode,
     )
     launch(demo, host, port, open_browser=open_browser)

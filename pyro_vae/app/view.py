@@ -114,7 +114,7 @@ def run_info(run_dir: str | os.PathLike, ckpt: dict) -> dict[str, Any]:
         "name": run_dir.resolve().name,
         "epochs": ckpt.get("epoch"),
         **VAEConfig.from_dict(ckpt["vae_config"]).to_dict(),
-        "binarize": ckpt.get("train_config", {}).get("binarize"),
+        "data_mode": _data_mode(ckpt),
     }
     rows = []
     if (run_dir / "metrics.jsonl").is_file():
@@ -128,6 +128,12 @@ def run_info(run_dir: str | os.PathLike, ckpt: dict) -> dict[str, Any]:
         if ll:
             info["test_nll"], info["nll_samples"] = ll["neg_log_likelihood"], ll["num_samples"]
     return info
+
+
+def _data_mode(ckpt: dict) -> str | None:
+    """The run's data mode (recorded as "binarize" by runs made before the rename)."""
+    recorded = ckpt.get("train_config", {})
+    return recorded.get("data_mode", recorded.get("binarize"))
 
 
 def describe_run(info: dict[str, Any]) -> str:
@@ -145,6 +151,6 @@ def describe_run(info: dict[str, Any]) -> str:
     parts.append(f"network {net}-{info.get('z_dim', '?')}")
     classes = info.get("num_classes") or 0
     parts.append(f"conditional on {classes} labels" if classes else "unconditional")
-    if info.get("binarize"):
-        parts.append(f"data: {'grayscale' if info['binarize'] == 'none' else 'binarized'}")
+    if info.get("data_mode"):
+        parts.append(f"data: {'grayscale' if info['data_mode'] == 'none' else 'binarized'}")
     return " · ".join(parts)

@@ -5,10 +5,49 @@ defaults)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
-from pyro_vae.data.datasets import DEFAULT_TEST_FRACTION, USAGE, parse_dataset
-from pyro_vae.data.torchvision_data import DATA_ENV, default_data_dir
+from pyro_vae.data.datasets import DatasetSpec
+from pyro_vae.runs.options import TrainConfig, dataset_spec, user_dataset
+from pyro_vae.runtime.settings import (
+    NONNEGATIVE,
+    POSITIVE,
+    at_least,
+    betas,
+    cli_default_of,
+    default_text,
+    flag_of,
+    fraction,
+    option_names,
+    positive_float,
+    settings_of,
+    shown,
+    sizes,
+)
+
+# The parse types live with the options table (runtime.settings); commands import them here.
+__all__ = [
+    "NONNEGATIVE",
+    "POSITIVE",
+    "Parser",
+    "UsageError",
+    "add_data_args",
+    "add_setting",
+    "add_settings",
+    "at_least",
+    "betas",
+    "data_options",
+    "dataset_spec",
+    "fraction",
+    "port",
+    "positive_float",
+    "shown",
+    "sizes",
+    "typed_options",
+    "user_dataset",
+]
 
 
 class UsageError(Exception):
@@ -27,24 +66,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
-def at_least(low: int):
-    """An argparse type: a whole number of at least ``low``."""
-
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
-        return v
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-POSITIVE = at_least(1)
-NONNEGATIVE = at_least(0)
 MAX_PORT = 65535
 
 
@@ -64,109 +85,46 @@ def port(s: str) -> int:
 port.__name__ = "port"
 
 
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {s}")
-    return v
-
-
-def sizes(s: str) -> tuple[int, ...]:
-    """Positive sizes like 400 or 512,256."""
-    try:
-        values = tuple(int(v) for v in s.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 400 or 512,256, got {s!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes like 400 or 512,256, got {s!r}")
-    return values
-
-
-def betas(s: str) -> tuple[float, float]:
-    """Adam's two betas, like 0.9,0.999."""
-    try:
-        values = tuple(float(v) for v in s.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected two numbers like 0.9,0.999, got {s!r}"
-        ) from None
-    if len(values) != 2 or not all(0 <= v < 1 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected two numbers in [0, 1) like 0.9,0.999, got {s!r}"
-        )
-    return values
-
-
-def dataset_spec(s: str) -> str:
-    try:
-        parse_dataset(s)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return s
-
-
-def user_dataset(s: str) -> str:
-    if s == "":  # argparse converts string defaults too: "" is train's (a fixed-seed split)
-        return s
-    if parse_dataset(dataset_spec(s))[1].read is None:
-        raise argparse.ArgumentTypeError(f"expected folder:PATH or tensor:FILE, got {s!r}")
-    return s
-
-
-def fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {s}")
-    return v
-
-
+# How the help of a command that loads a run states the default of a data option.
+RUNS_OWN = "the run's"
 # The options that say which data (datasets.DatasetSpec's fields).
-DATA_OPTIONS = ("dataset", "image_size", "test_dataset", "test_fraction")
+DATA_OPTIONS = tuple(f.name for f in dataclasses.fields(DatasetSpec))
+
+
+def add_setting(parser: Any, config: type, name: str, *, from_run: bool = False) -> None:
+    """The option of field ``name`` of ``config`` (TrainConfig or VAEConfig), as its setting
+    says: flag and aliases, parse type, choices, and its help with the default appended.
+    ``from_run``: for a command that loads a run, whose own value is the default (None)."""
+    f, s = settings_of(config)[name]
+    options: dict[str, Any] = {"dest": name}
+    if isinstance(f.default, bool):
+        if f.default:
+            raise ValueError(f"{name}: an on/off option must default to off")
+        options["action"] = "store_true"
+        text = s.help
+    else:
+        options["default"] = None if from_run else cli_default_of(f, s)
+        if s.parse is not None:
+            options["type"] = s.parse
+        if s.choices is not None:
+            options["choices"] = s.choice_list()
+        text = f"{s.help} (default {RUNS_OWN if from_run else default_text(f, s)})"
+    parser.add_argument(flag_of(name, s), *s.aliases, help=text.replace("%", "%%"), **options)
+
+
+def add_settings(parser: Any, config: type, names: Sequence[str] | None = None) -> None:
+    """The options of ``names`` (default: every option of ``config``), in that order."""
+    for name in option_names(config) if names is None else names:
+        add_setting(parser, config, name)
 
 
 def add_data_args(p: argparse.ArgumentParser, from_run: bool = False) -> None:
     """--data-dir, --device and the dataset options; ``from_run``: a command that loads a run,
     whose own data are the default (another dataset only with --allow-other-dataset)."""
-    p.add_argument(
-        "--data-dir",
-        default=default_data_dir(),
-        help="folder holding MNIST/raw (FashionMNIST/raw, KMNIST/raw; downloaded if missing); "
-        f"default ${DATA_ENV} or ./data",
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    run = "the run's" if from_run else None
-    p.add_argument(
-        "--dataset",
-        type=dataset_spec,
-        default=None if from_run else "mnist",
-        help=f"{USAGE} (default {run or 'mnist'}); folder: is torchvision's ImageFolder layout",
-    )
-    p.add_argument(
-        "--image-size",
-        type=POSITIVE,
-        default=None if from_run else 0,
-        help=f"folder: resize every image to S x S, grayscale (default {run or 'keep the size'})",
-    )
-    p.add_argument(
-        "--test-dataset",
-        type=user_dataset,
-        default=None if from_run else "",
-        help="folder:/tensor: data: the test set, folder:PATH or tensor:FILE (default "
-        f"{run or 'a fixed-seed split of --test-fraction'})",
-    )
-    p.add_argument(
-        "--test-fraction",
-        type=fraction,
-        default=None if from_run else DEFAULT_TEST_FRACTION,
-        help="folder:/tensor: data without --test-dataset: the share of images in the test "
-        f"set, chosen with a fixed seed (default {run or DEFAULT_TEST_FRACTION})",
-    )
+    for name in ("data_dir", "device"):
+        add_setting(p, TrainConfig, name)
+    for name in DATA_OPTIONS:
+        add_setting(p, TrainConfig, name, from_run=from_run)
     if from_run:
         p.add_argument(
             "--allow-other-dataset",
@@ -188,8 +146,3 @@ def typed_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[s
             if any(a == opt or a.startswith(opt + "=") for a in argv):
                 typed.add(action.dest)
     return typed
-
-
-def shown(value: object) -> str:
-    """A setting as it is typed on the command line (sizes as 512,256)."""
-    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)

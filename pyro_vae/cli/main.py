@@ -19,6 +19,7 @@ from pyro_vae.cli.args import (
     Parser,
     UsageError,
     add_data_args,
+    add_setting,
     at_least,
     data_options,
     port,
@@ -127,7 +128,7 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
             vae,
             data.test_batches(args.batch_size),
             args.num_samples,
-            binarize=data.binarize,
+            data_mode=data.data_mode,
             step=args.step,
         )
 
@@ -150,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         for name in elbos:
             batches = data.test_batches(EVAL_BATCH)
             results.append(
-                evaluate_elbo(vae, batches, name, args.num_particles, binarize=data.binarize)
+                evaluate_elbo(vae, batches, name, args.num_particles, data_mode=data.data_mode)
             )
     num_dims = vae.config.x_dim
     source = data.dataset.get("title", "MNIST")
@@ -160,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "run_dir": str(args.run_dir),
         "epoch": ckpt["epoch"],
         "split": "test",
-        "binarize": data.binarize,
+        "data_mode": data.data_mode,
         "data": results[0]["data"],
         "dataset": results[0]["dataset"],
         "num_dims": num_dims,
@@ -279,7 +280,7 @@ def cmd_compare_elbo(args: argparse.Namespace) -> None:
         run_dir=str(args.run_dir),
         epoch=ckpt["epoch"],
         split="test",
-        binarize=data.binarize,
+        data_mode=data.data_mode,
         seed=args.seed,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -353,7 +354,7 @@ def _add_sample_parser(sub) -> None:
     p.add_argument("--ncols", type=POSITIVE, default=8, help="digits per row (default 8)")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/figures/sample_*.png)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    add_setting(p, TrainConfig, "device")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

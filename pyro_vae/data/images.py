@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pyro_vae.data.datasets import DatasetSpec, load_dataset
-from pyro_vae.data.pixels import TEST_BINARIZE_SEED, resolve_binarize, to_pixels
+from pyro_vae.data.pixels import TEST_DATA_SEED, resolve_data_mode, to_pixels
 from pyro_vae.models.likelihoods import Likelihood
 from pyro_vae.runtime.distributed import World, sharded_batches
 
@@ -35,7 +35,8 @@ class ImageData:
     train_y: Tensor  # int64 [N] (zeros for an unlabelled dataset)
     test_x: Tensor  # float [M, D], already in the likelihood's representation
     test_y: Tensor  # int64 [M]
-    binarize: str
+    # How the pixels become data (pixels.to_pixels): dynamic, threshold, dequantize or none.
+    data_mode: str
     likelihood: Likelihood
     image_shape: tuple[int, int] = (28, 28)  # (H, W): how the figures draw a row of D pixels
     # What the data are (datasets.load_dataset's record): name, shape, classes, split, hash of
@@ -47,22 +48,22 @@ class ImageData:
         cls,
         root: str | os.PathLike,
         likelihood: Likelihood,
-        binarize: str = "auto",
+        data_mode: str = "auto",
         device: torch.device | str = "cpu",
         train_subset: int = 0,
         test_subset: int = 0,
         dataset: str | DatasetSpec = "mnist",
     ) -> ImageData:
         """``dataset``: a name or a :class:`~pyro_vae.data.datasets.DatasetSpec` (see there)."""
-        binarize = resolve_binarize(binarize, likelihood)
+        data_mode = resolve_data_mode(data_mode, likelihood)
         raw = load_dataset(dataset, root)
         train_x, train_y, test_x, test_y = raw.train_x, raw.train_y, raw.test_x, raw.test_y
         if train_subset:
             train_x, train_y = train_x[:train_subset], train_y[:train_subset]
         if test_subset:
             test_x, test_y = test_x[:test_subset], test_y[:test_subset]
-        gen = torch.Generator().manual_seed(TEST_BINARIZE_SEED)
-        test = to_pixels(test_x, binarize, likelihood, generator=gen)
+        gen = torch.Generator().manual_seed(TEST_DATA_SEED)
+        test = to_pixels(test_x, data_mode, likelihood, generator=gen)
         # One check of the representation up front, with an error that suggests the fix.
         likelihood.check(test)
         return cls(
@@ -70,7 +71,7 @@ class ImageData:
             train_y=train_y.to(device),
             test_x=test.to(device),
             test_y=test_y.to(device),
-            binarize=binarize,
+            data_mode=data_mode,
             likelihood=likelihood,
             image_shape=raw.image_shape,
             dataset=raw.record,
@@ -98,7 +99,7 @@ class ImageData:
             order.split(batch_size) if world is None else sharded_batches(order, batch_size, world)
         )
         for idx in parts:
-            yield to_pixels(self.train_x[idx], self.binarize, self.likelihood), self.train_y[idx]
+            yield to_pixels(self.train_x[idx], self.data_mode, self.likelihood), self.train_y[idx]
 
     def validate(self, num_classes: int = 0, chunk: int = 10_000) -> None:
         """Checks, once, what a step would otherwise check every time: the whole training set,
@@ -106,7 +107,7 @@ class ImageData:
         against ``num_classes``. Raises ValueError saying the fix. (The test set was checked
         on load.) One host read per chunk of images."""
         for start in range(0, self.num_train, chunk):
-            x = to_pixels(self.train_x[start : start + chunk], self.binarize, self.likelihood)
+            x = to_pixels(self.train_x[start : start + chunk], self.data_mode, self.likelihood)
             self.likelihood.check(x)
         if num_classes:
             for split, y in (("training", self.train_y), ("test", self.test_y)):

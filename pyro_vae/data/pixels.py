@@ -10,11 +10,11 @@ from pyro_vae.models.likelihoods import Likelihood
 
 # The test set is binarized (or dequantized) once, with this seed, so every run and checkpoint
 # scores the same data.
-TEST_BINARIZE_SEED = 0
+TEST_DATA_SEED = 0
 
 
 # The data mode 'auto' picks from the likelihood's data kind; densities get dequantized pixels.
-AUTO_BINARIZE = {"binary": "dynamic", "8-bit": "none"}
+AUTO_DATA_MODE = {"binary": "dynamic", "8-bit": "none"}
 # Dequantization noise u takes the midpoints of this many equal steps of (0, 1): k + u then
 # fits float32's 24 bits exactly, so (k + u) / 256 is exact and strictly inside (0, 1).
 # torch.rand's [0, 1) would give exactly 0 at k = 0 (outside a Beta's support), and for
@@ -23,13 +23,13 @@ AUTO_BINARIZE = {"binary": "dynamic", "8-bit": "none"}
 DEQUANTIZE_STEPS = 2**15
 
 
-def resolve_binarize(binarize: str, likelihood: Likelihood) -> str:
+def resolve_data_mode(data_mode: str, likelihood: Likelihood) -> str:
     """'auto': dynamic binarization for binary likelihoods, the raw 8-bit values (none) for
     discrete 8-bit ones, dequantized pixels for densities. Runs record the resolved mode, so
     a run made when 'auto' meant 'none' for densities still evaluates on 'none'."""
-    if binarize == "auto":
-        return AUTO_BINARIZE.get(likelihood.data_kind, "dequantize")
-    return binarize
+    if data_mode == "auto":
+        return AUTO_DATA_MODE.get(likelihood.data_kind, "dequantize")
+    return data_mode
 
 
 def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -45,17 +45,17 @@ def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Ten
     return (x_uint8.float() + u) / 256
 
 
-def to_pixels(x_uint8: Tensor, binarize: str, likelihood: Likelihood, generator=None) -> Tensor:
+def to_pixels(x_uint8: Tensor, data_mode: str, likelihood: Likelihood, generator=None) -> Tensor:
     """uint8 [N, D] -> float [N, D] in the likelihood's representation, on x's device.
 
-    binarize: "dynamic" (a fresh Bernoulli(k / 255) draw), "threshold" (k / 255 > 0.5),
+    data_mode: "dynamic" (a fresh Bernoulli(k / 255) draw), "threshold" (k / 255 > 0.5),
     "dequantize" (a fresh (k + u) / 256, not passed to ``prepare``) or "none" (k / 255).
     """
-    if binarize == "dequantize":
+    if data_mode == "dequantize":
         return dequantize(x_uint8, generator)
     x = x_uint8.float().div_(255.0)
-    if binarize == "dynamic":
+    if data_mode == "dynamic":
         x = torch.bernoulli(x, generator=generator)
-    elif binarize == "threshold":
+    elif data_mode == "threshold":
         x = (x > 0.5).float()
     return likelihood.prepare(x)

@@ -23,7 +23,7 @@ def evaluate_elbo(
     estimator: Objective | str = "trace",
     num_particles: int = 1,
     *,
-    binarize: str | None = None,
+    data_mode: str | None = None,
     all_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict:
     """Mean -ELBO, reconstruction term -E_q log p(x|z) and KL per image over ``batches``, by
@@ -32,8 +32,8 @@ def evaluate_elbo(
     ``all_reduce``: in a multi-process run, sums the per-rank sums over the ranks (each rank
     evaluates its own part of the test set) before the one host read.
 
-    ``neg_elbo``, ``recon`` and ``kl`` are nats of the model on the data as given. ``binarize``
-    is the data mode the batches were made with (``ImageData.binarize``): the units fields
+    ``neg_elbo``, ``recon`` and ``kl`` are nats of the model on the data as given. ``data_mode``
+    is the data mode the batches were made with (``ImageData.data_mode``): the units fields
     (``units.in_units``) then say which data the -ELBO is about and give it as a bound on that
     data's -log P, in nats per image and bits per dimension. Sums stay on the device; the host
     reads them once at the end.
@@ -61,5 +61,5 @@ def evaluate_elbo(
         "kl_kind": kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "unknown",
         "num_images": n,
         "num_particles": estimator.num_particles,
-        **in_units(recon + kl, vae.config.x_dim, data_label(binarize, vae.likelihood)),
+        **in_units(recon + kl, vae.config.x_dim, data_label(data_mode, vae.likelihood)),
     }

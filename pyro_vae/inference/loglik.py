@@ -153,7 +153,7 @@ def evaluate_log_likelihood(
     num_samples: int = 5000,
     chunk_size: int | None = None,
     *,
-    binarize: str | None = None,
+    data_mode: str | None = None,
     all_reduce: Callable[[Tensor], Tensor] | None = None,
     step: str = "eager",
 ) -> dict:
@@ -165,7 +165,7 @@ def evaluate_log_likelihood(
 
     Returns the mean NLL, its standard error over images, the number of images and the seconds
     taken (device synchronized). For the conditional VAE the value is -log p(x | y). With the
-    data mode ``binarize`` the batches were made with, the units fields (``units.in_units``)
+    data mode ``data_mode`` the batches were made with, the units fields (``units.in_units``)
     say which data the NLL is about and give it in nats per image and bits per dimension.
     ``all_reduce``: in a multi-process run, sums the ranks' sums (each rank scores its own
     part of the test set) before the one host read.
@@ -214,5 +214,5 @@ def evaluate_log_likelihood(
         "conditional": bool(vae.config.num_classes),
         "proposal": "guide q(z | x)",
         "seconds": seconds,
-        **in_units(-mean, vae.config.x_dim, data_label(binarize, vae.likelihood), std_error),
+        **in_units(-mean, vae.config.x_dim, data_label(data_mode, vae.likelihood), std_error),
     }

@@ -41,22 +41,22 @@ DATASETS = {BINARIZED: "binarized MNIST", DEQUANTIZED: "8-bit MNIST", DISCRETE: 
 DISCRETE_KINDS = ("binary", "8-bit")
 
 
-def data_label(binarize: str | None, likelihood: Likelihood) -> str:
-    """What the numbers of ``likelihood`` on data made with ``binarize`` are about.
+def data_label(data_mode: str | None, likelihood: Likelihood) -> str:
+    """What the numbers of ``likelihood`` on data made with ``data_mode`` are about.
 
-    ``binarize`` is a resolved data mode (``ImageData.binarize``); None gives UNSPECIFIED.
+    ``data_mode`` is a resolved data mode (``ImageData.data_mode``); None gives UNSPECIFIED.
     """
-    if binarize is None:
+    if data_mode is None:
         return UNSPECIFIED
     discrete = likelihood.data_kind in DISCRETE_KINDS
-    if binarize in ("dynamic", "threshold"):
+    if data_mode in ("dynamic", "threshold"):
         return BINARIZED if discrete else BINARIZED_DENSITY
-    if binarize == "dequantize":
+    if data_mode == "dequantize":
         return DEQUANTIZED
-    if binarize == "none":
+    if data_mode == "none":
         return DISCRETE if likelihood.data_kind == "8-bit" else GRAYSCALE
     raise ValueError(
-        f"unknown data mode {binarize!r}; pass a resolved one (data.resolve_binarize): "
+        f"unknown data mode {data_mode!r}; pass a resolved one (pixels.resolve_data_mode): "
         "dynamic, threshold, dequantize or none"
     )
 
@@ -120,6 +120,6 @@ def describe(data: str, num_dims: int, source: str = "MNIST") -> str:
     if data in (GRAYSCALE, BINARIZED_DENSITY):
         return (
             f"{data}: a density on exact 0/1 pixels is unbounded; dequantize the pixels "
-            "(--binarize dequantize) for numbers that compare"
+            "(--data-mode dequantize) for numbers that compare"
         )
     return f"{data}: no correction applied"

@@ -1,6 +1,8 @@
 """The configuration of a model: what is needed to rebuild a :class:`pyro_vae.VAE`.
 
-A checkpoint stores it as a plain dict, so a run's model can be rebuilt from its directory.
+A checkpoint stores it as a plain dict, so a run's model can be rebuilt from its directory. Each
+field is a row of the options table (``runtime.settings``): its default, help and command-line
+form are stated here once; ``VAE.__init__`` and ``pyro-vae train`` take them from here.
 """
 
 from __future__ import annotations
@@ -9,41 +11,70 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pyro_vae.runtime.settings import (
+    NONNEGATIVE,
+    POSITIVE,
+    check_settings,
+    or_auto,
+    positive_float,
+    setting,
+    sizes,
+)
+
+
+# The registries' names, read when a parser is built (the registries import this module).
+def _activations() -> list[str]:
+    from pyro_vae.models.networks import ACTIVATIONS
+
+    return sorted(ACTIVATIONS)
+
+
+def _priors() -> list[str]:
+    from pyro_vae.models.priors import PRIORS
+
+    return sorted(PRIORS)
+
+
+def _likelihoods() -> list[str]:
+    from pyro_vae.models.likelihoods import LIKELIHOODS
+
+    return sorted(LIKELIHOODS)
+
 
 @dataclass
 class VAEConfig:
-    """What is needed to rebuild a :class:`pyro_vae.VAE`."""
+    """What is needed to rebuild a :class:`pyro_vae.VAE`. Every field must match a
+    checkpoint's for its weights to load into the VAE (``runs.records.check_fits``)."""
 
-    x_dim: int = 784
-    z_dim: int = 50
+    # Set from the data by the CLI (H * W of the images), so not an option.
+    x_dim: int = setting(784, "pixels per image, H * W", cli=False)
+    z_dim: int = setting(50, "latent dimension", parse=POSITIVE)
     # One hidden layer of 400 and z_dim 50 are Pyro's own VAE example, so results compare.
-    hidden_dims: tuple[int, ...] = (400,)
+    hidden_dims: tuple[int, ...] = setting(
+        (400,), "the hidden layers' sizes, e.g. 400 or 200,200", parse=sizes
+    )
     # Softplus is what Pyro's example uses; any name in networks.ACTIVATIONS works.
-    activation: str = "softplus"
+    activation: str = setting("softplus", "the networks' activation", choices=_activations)
     # 0 = unconditional; 10 for MNIST digits makes the conditional VAE (same model and guide).
-    num_classes: int = 0
+    num_classes: int = setting(
+        0,
+        "10 = conditional VAE on digits; auto = the number of classes in the data",
+        parse=or_auto(NONNEGATIVE),
+        keeps_run=("auto",),
+    )
     # Names from priors.PRIORS / likelihoods.LIKELIHOODS; "custom" when a user passed an object.
-    prior: str = "normal"
-    likelihood: str = "bernoulli"
+    prior: str = setting("normal", "the prior p(z | y)", choices=_priors)
+    likelihood: str = setting("bernoulli", "the likelihood p(x | z, y)", choices=_likelihoods)
     # Mixture components (mog) or pseudo-inputs (vamp); ignored by the other priors.
-    prior_components: int = 10
+    prior_components: int = setting(10, "K for mog and vamp", parse=POSITIVE)
     # Fixed observation scale for the gaussian/laplace likelihoods; None = learned per pixel.
-    likelihood_scale: float | None = None
+    likelihood_scale: float | None = setting(
+        None, "fixed scale for gaussian/laplace", parse=positive_float, shown="learned per pixel"
+    )
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
-        if self.z_dim < 1:
-            raise ValueError(f"z_dim must be at least 1, got {self.z_dim}")
-        if self.num_classes < 0:
-            raise ValueError(
-                f"num_classes must be 0 (unconditional) or more, got {self.num_classes}"
-            )
-        if any(h < 1 for h in self.hidden_dims):
-            raise ValueError(f"hidden_dims must be positive, got {self.hidden_dims}")
-        if self.prior_components < 1:
-            raise ValueError(f"prior_components must be at least 1, got {self.prior_components}")
-        if self.likelihood_scale is not None and not self.likelihood_scale > 0:
-            raise ValueError(f"likelihood_scale must be positive, got {self.likelihood_scale}")
+        check_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

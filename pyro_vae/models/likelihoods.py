@@ -99,20 +99,20 @@ def _support_violation(x: Tensor, kind: str) -> str:
 def _fix_hint(kind: str) -> str:
     if kind == "binary":
         return (
-            "binarize the data (--binarize dynamic or threshold) or use a likelihood for "
+            "binarize the data (--data-mode dynamic or threshold) or use a likelihood for "
             "grayscale pixels (--likelihood continuous-bernoulli)"
         )
     if kind == "8-bit":
         return (
-            "give it the pixels undequantized (--binarize none, which auto picks for it); "
+            "give it the pixels undequantized (--data-mode none, which auto picks for it); "
             "dequantized pixels are for the continuous likelihoods"
         )
     if kind == "open-unit":
         return (
             "squeeze the pixels with the likelihood's prepare() or dequantize them "
-            "(--binarize dequantize); the data pipeline does either"
+            "(--data-mode dequantize); the data pipeline does either"
         )
-    return "scale the pixels to [0, 1] (--binarize dequantize or none give grayscale in [0, 1])"
+    return "scale the pixels to [0, 1] (--data-mode dequantize or none give grayscale in [0, 1])"
 
 
 class BernoulliLikelihood(Likelihood):

@@ -103,12 +103,16 @@ def _device_of(module: nn.Module) -> torch.device | None:
     return p.device if p is not None else None
 
 
+# beta of a VAE built without one: the plain ELBO (TrainConfig.kl_weight's default too).
+DEFAULT_KL_WEIGHT = 1.0
+
+
 class KLWeight(nn.Module):
     """beta, the weight of the KL term: a positive scale on the latent sites of the model and
     the guide alike (Pyro's ``poutine.scale`` refuses 0). A buffer, not a parameter, and not
     saved in checkpoints: the training run sets it every step from its own settings."""
 
-    def __init__(self, value: float = 1.0) -> None:
+    def __init__(self, value: float = DEFAULT_KL_WEIGHT) -> None:
         super().__init__()
         self.register_buffer("value", torch.tensor(_positive(value)), persistent=False)
 
@@ -218,21 +222,23 @@ class VAE(PyroModule):
     path; ``name`` defaults to a fresh ``vae_0``, ``vae_1``, ... per VAE, so several VAEs in one
     session never share or swap a parameter. Give two VAEs the same ``name`` only to share
     their parameters on purpose (Pyro's param store semantics).
+
+    The defaults are :class:`VAEConfig`'s (one table of options, stated there).
     """
 
     def __init__(
         self,
-        z_dim: int = 50,
-        hidden_dims: tuple[int, ...] = (400,),
+        z_dim: int = VAEConfig.z_dim,
+        hidden_dims: tuple[int, ...] = VAEConfig.hidden_dims,
         *,
-        num_classes: int = 0,
-        activation: str = "softplus",
-        prior: str | PriorLike = "normal",
-        likelihood: str | Callable | Likelihood = "bernoulli",
-        x_dim: int = 784,
-        prior_components: int = 10,
-        likelihood_scale: float | None = None,
-        kl_weight: float = 1.0,
+        num_classes: int = VAEConfig.num_classes,
+        activation: str = VAEConfig.activation,
+        prior: str | PriorLike = VAEConfig.prior,
+        likelihood: str | Callable | Likelihood = VAEConfig.likelihood,
+        x_dim: int = VAEConfig.x_dim,
+        prior_components: int = VAEConfig.prior_components,
+        likelihood_scale: float | None = VAEConfig.likelihood_scale,
+        kl_weight: float = DEFAULT_KL_WEIGHT,
         name: str | None = None,
     ) -> None:
         super().__init__(name=f"vae_{next(_VAE_NUMBERS)}" if name is None else name)

@@ -1,21 +1,50 @@
-"""The settings of a training run, as a typed dataclass (the CLI's flags).
+"""The settings of a training run, as a typed dataclass: the table of ``pyro-vae train``'s
+options, and the one check of what a resumed run may change.
 
-A checkpoint stores them as a plain dict, so a run can be rebuilt from its directory alone.
+Each field states, once, its default, its help, its command-line flag and parse type, its
+choices and whether a resumed run may change it (``runtime.settings.setting``); the CLI builds
+its options from these fields. A checkpoint stores them as a plain dict, so a run can be rebuilt
+from its directory alone.
+
+Adding an option is one field here (or in ``VAEConfig`` for the model), e.g.::
+
+    kl_weight: float = setting(1.0, "weight of the KL term", parse=positive_float)
+
+gives ``--kl-weight`` (checked > 0, shown with its default in --help), the Python check of
+``TrainConfig(kl_weight=...)``, its record in config.json and the checkpoint, its default for
+runs recorded before it existed, and its refusal on --resume (``resumable=True`` to allow it).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from pyro_vae.data.datasets import DEFAULT_TEST_FRACTION
+from pyro_vae.data.datasets import USAGE, DatasetSpec, parse_dataset
+from pyro_vae.data.torchvision_data import DATA_ENV, default_data_dir
 from pyro_vae.inference.objectives import OBJECTIVES, Objective, make_objective
 from pyro_vae.inference.steps import STEP_KINDS
-from pyro_vae.models.config import _known_fields
+from pyro_vae.models.config import VAEConfig, _known_fields
+from pyro_vae.models.vae import DEFAULT_KL_WEIGHT
+from pyro_vae.runs.presets import PRESETS
+from pyro_vae.runtime.settings import (
+    NONNEGATIVE,
+    POSITIVE,
+    check_settings,
+    flag_of,
+    fraction,
+    positive_float,
+    setting,
+    settings_of,
+    shown,
+)
+from pyro_vae.runtime.settings import betas as two_betas
 
-# The data modes of TrainConfig.binarize (and of the CLI's --binarize).
-BINARIZE_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
+# The data modes of TrainConfig.data_mode (the CLI's --data-mode).
+DATA_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
 # Training objectives and step kinds: their registries' names; and learning-rate schedules.
 ELBO_CHOICES = tuple(OBJECTIVES)
 STEP_CHOICES = ("auto", *STEP_KINDS)
@@ -23,99 +52,166 @@ LR_SCHEDULES = ("constant", "staged")
 DECODER_BIAS_INITS = ("default", "data-mean")
 
 
-# What a resumed run may change: the length of the run, where and how it runs, and what it
-# evaluates (--test-iw-samples). The rest (model, data, optimizer, objective, seed) is the run's.
-RESUMABLE = ("epochs", "data_dir", "device", "out", "step", "tensorboard", "test_iw_samples")
+def dataset_spec(s: str) -> str:
+    """A --dataset: a name of the registry, folder:PATH or tensor:FILE."""
+    try:
+        parse_dataset(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def user_dataset(s: str) -> str:
+    """A --test-dataset: folder:PATH or tensor:FILE ("" = a split of --dataset's images)."""
+    if s == "":  # argparse converts string defaults too: "" is train's (a fixed-seed split)
+        return s
+    if parse_dataset(dataset_spec(s))[1].read is None:
+        raise argparse.ArgumentTypeError(f"expected folder:PATH or tensor:FILE, got {s!r}")
+    return s
 
 
 @dataclass
 class TrainConfig:
     """Options of one training run (the CLI's flags)."""
 
-    data_dir: str = "data"
-    out: str = "runs/vae"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
+    data_dir: str = setting(
+        "data",
+        "folder holding MNIST/raw, FashionMNIST/raw or KMNIST/raw, downloaded if missing",
+        resumable=True,
+        cli_default=default_data_dir,
+        shown=f"${DATA_ENV} or ./data",
+    )
+    out: str = setting("runs/vae", "run directory", resumable=True)
+    epochs: int = setting(10, "epochs in all", parse=POSITIVE, resumable=True)
+    batch_size: int = setting(128, "global minibatch size", parse=POSITIVE)
+    lr: float = setting(1e-3, "Adam learning rate", parse=positive_float)
     # Adam's betas and eps (torch's defaults; the IWAE paper's preset sets eps = 1e-4).
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[float, float] = setting(
+        (0.9, 0.999), "Adam's betas", flag="--adam-betas", parse=two_betas
+    )
+    eps: float = setting(1e-8, "Adam's eps", flag="--adam-eps", parse=positive_float)
     # "constant", or "staged": stage i = 0, 1, ... runs 3^i epochs at lr * 10^(-i/7), the IWAE
     # paper's schedule (a torch MultiStepLR; its state is in the checkpoint).
-    lr_schedule: str = "constant"
-    # "trace" = Trace_ELBO (Monte Carlo KL), "meanfield" = TraceMeanField_ELBO (analytic KL),
-    # "iwae" = the importance-weighted bound L_K with K = num_particles (RenyiELBO, alpha=0).
-    elbo: str = "trace"
-    num_particles: int = 1
+    lr_schedule: str = setting(
+        "constant",
+        "staged: stage i = 0..7 runs 3^i epochs at lr * 10^(-i/7) (the IWAE paper's)",
+        choices=LR_SCHEDULES,
+    )
+    elbo: str = setting(
+        "trace",
+        "trace = Trace_ELBO (Monte Carlo KL), meanfield = TraceMeanField_ELBO (analytic KL), "
+        "iwae = the importance-weighted bound L_K with K = --num-particles",
+        choices=ELBO_CHOICES,
+    )
+    num_particles: int = setting(1, "particles (K), vectorized", parse=POSITIVE)
+    # beta-VAE and KL warm-up: a scale on the latent sites (models.vae.KLWeight), so the
+    # metrics report the weighted objective (train_loss) beside the unweighted ELBO.
+    kl_weight: float = setting(
+        DEFAULT_KL_WEIGHT,
+        "beta, the weight of the KL term in the training objective (the test -ELBO and the "
+        "NLL stay unweighted)",
+        parse=positive_float,
+    )
+    kl_warmup: int = setting(
+        0,
+        "KL warm-up: training steps over which the KL weight rises linearly from "
+        "--kl-weight / STEPS to --kl-weight",
+        parse=NONNEGATIVE,
+        shown="0: none",
+    )
     # How the uint8 pixels k become the data (one option, so no two settings can contradict):
     # "dynamic": a fresh Bernoulli(k / 255) draw each time a training batch is used;
     # "threshold": k / 255 > 0.5; "dequantize": a fresh (k + u) / 256, u ~ U(0, 1), per batch
     # (densities then bound the 8-bit data's likelihood); "none": the raw values k / 255.
     # "auto" resolves to "dynamic" for binary likelihoods, "none" for the discretized one and
     # "dequantize" for densities. The run records the resolved mode (runs made when "auto"
-    # meant "none" for densities recorded "none", and still load that way).
-    binarize: str = "auto"
-    seed: int = 0
-    device: str = "auto"
-    # Use only the first N training / test images (0 = all); for quick runs and tests.
-    train_subset: int = 0
-    test_subset: int = 0
+    # meant "none" for densities recorded "none", and still load that way); "auto" given to a
+    # resumed run means the run's. Runs made before the rename recorded it as "binarize".
+    data_mode: str = setting(
+        "auto",
+        "how pixels become data. auto: dynamic for bernoulli, none (the raw 8-bit values) for "
+        "discretized-logistic, dequantize ((k + u) / 256, fresh per batch) for the others",
+        aliases=("--binarize",),
+        choices=DATA_MODES,
+        keeps_run=("auto",),
+    )
+    seed: int = setting(
+        0, "seed of the initial weights, the data order and every draw of noise", parse=int
+    )
+    device: str = setting("auto", "auto (CUDA when available), cpu or cuda", resumable=True)
+    # Only the first N training / test images (0 = all); for quick runs and tests.
+    train_subset: int = setting(
+        0, "use the first N training images", parse=NONNEGATIVE, shown="0: all"
+    )
+    test_subset: int = setting(0, "use the first N test images", parse=NONNEGATIVE, shown="0: all")
     # The decoder's output bias at the start: torch's initialization ("default"), or the
     # logit of the training set's mean pixel ("data-mean", as the IWAE paper's code does).
-    decoder_bias: str = "default"
-    # How a step runs: "eager" (Pyro every step), "fx" / "compiled" (traced once and replayed,
-    # compiled by inductor) or "cudagraph"; "auto" picks (step.resolve_step).
-    step: str = "auto"
-    # Also score the test set by the IW bound -L_K with this K (0: no) at the end of every
-    # stage of a staged schedule (every epoch with a constant rate) and at the last epoch.
-    test_iw_samples: int = 0
-    # Also log the epoch's scalars and image grids for TensorBoard (needs the [tensorboard] extra).
-    tensorboard: bool = False
+    decoder_bias: str = setting(
+        "default",
+        "data-mean: start the decoder's output bias at the logit of the mean pixel",
+        choices=DECODER_BIAS_INITS,
+    )
+    step: str = setting(
+        "auto",
+        "eager: Pyro every step; fx/compiled: traced once, replayed (compiled by inductor); "
+        "cudagraph: CUDA graph. auto: cudagraph on a GPU, compiled on a CPU for runs of "
+        "2000+ steps, else eager",
+        choices=STEP_CHOICES,
+        resumable=True,
+    )
+    test_iw_samples: int = setting(
+        0,
+        "also the test -L_K with this K at each stage's end (staged schedule; every epoch "
+        "otherwise) and at the last epoch, e.g. 100",
+        parse=NONNEGATIVE,
+        shown="0: off",
+        resumable=True,
+    )
+    tensorboard: bool = setting(
+        False,
+        'also log scalars and image grids to RUN_DIR/tensorboard (pip install -e ".[tensorboard]")',
+        resumable=True,
+    )
     # The preset the run was made from (presets.PRESETS); its values are the fields above.
-    preset: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The data (datasets.py): "mnist", "fashion-mnist", "kmnist", "folder:PATH" or "tensor:FILE".
-    dataset: str = "mnist"
-    # folder: only: resize every image to image_size x image_size (0: keep the files' size).
-    image_size: int = 0
+    preset: str | None = setting(
+        None,
+        "a published protocol: sets its network, optimizer, schedule, batch and epochs "
+        "(iwae-paper: Burda et al. 2016, Table 1); options typed as well override it",
+        choices=lambda: sorted(PRESETS),
+        shown="none",
+    )
+    # The data (datasets.py); DatasetSpec's fields, with its defaults.
+    dataset: str = setting(
+        DatasetSpec.dataset,
+        f"{USAGE}; folder: is torchvision's ImageFolder layout",
+        parse=dataset_spec,
+    )
+    # folder: only: resize every image to image_size x image_size (0: keep the files' size,
+    # the default; the command line takes a size, so --image-size 0 is refused).
+    image_size: int = setting(
+        DatasetSpec.image_size,
+        "folder: resize every image to S x S, grayscale",
+        parse=POSITIVE,
+        valid=NONNEGATIVE.check,
+        shown="keep the size",
+    )
     # folder:/tensor: only: the test set; "" = a fixed-seed split of test_fraction of the images.
-    test_dataset: str = ""
-    test_fraction: float = DEFAULT_TEST_FRACTION
+    test_dataset: str = setting(
+        DatasetSpec.test_dataset,
+        "folder:/tensor: data: the test set, folder:PATH or tensor:FILE",
+        parse=user_dataset,
+        shown="a fixed-seed split of --test-fraction",
+    )
+    test_fraction: float = setting(
+        DatasetSpec.test_fraction,
+        "folder:/tensor: data without --test-dataset: the share of images in the test set, "
+        "chosen with a fixed seed",
+        parse=fraction,
+    )
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
-        for name, choices in (
-            ("elbo", ELBO_CHOICES),
-            ("step", STEP_CHOICES),
-            ("lr_schedule", LR_SCHEDULES),
-            ("decoder_bias", DECODER_BIAS_INITS),
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
-                )
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if self.test_iw_samples < 0:
-            raise ValueError(f"test_iw_samples must be 0 (off) or more, got {self.test_iw_samples}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be positive, got {self.eps}")
-        if self.binarize not in BINARIZE_MODES:
-            raise ValueError(
-                f"binarize must be one of {', '.join(BINARIZE_MODES)}, got {self.binarize!r}"
-            )
-        for name in ("epochs", "batch_size", "num_particles"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        for name in ("train_subset", "test_subset"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (all) or more, got {getattr(self, name)}")
-        if self.image_size < 0:
-            raise ValueError(f"image_size must be 0 (keep) or more, got {self.image_size}")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        check_settings(self)
 
     def objective(self) -> Objective:
         """The training objective these settings name (``elbo``, ``num_particles``)."""
@@ -127,5 +223,73 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """The config a checkpoint or config.json recorded, those written before the renames
+        included (``LEGACY_KEYS``); a field it lacks takes its default."""
+        d = dict(d)
+        for old, new in LEGACY_KEYS.items():
+            if old in d:
+                value = d.pop(old)
+                if new is not None:
+                    d.setdefault(new, value)
         return cls(**_known_fields(cls, d))
+
+
+# Keys of train_configs recorded before: old name -> field (None: dropped, it was never read).
+LEGACY_KEYS: dict[str, str | None] = {"binarize": "data_mode", "extra": None}
+
+# What a resumed run may change: the length of the run, where and how it runs, and what it
+# evaluates (--test-iw-samples). The rest (model, data, optimizer, objective, seed) is the run's.
+RESUMABLE = tuple(name for name, (_, s) in settings_of(TrainConfig).items() if s.resumable)
+# The flags a resumed run may change (--out is not among them: it names the run).
+RESUME_FLAGS = ", ".join(
+    flag_of(name, s)
+    for name, (_, s) in settings_of(TrainConfig).items()
+    if s.resumable
+    if name != "out"
+)
+
+
+def resume_settings(
+    saved: TrainConfig, changes: Mapping[str, object], model: VAEConfig | None = None
+) -> TrainConfig:
+    """The settings of a resumed run: the run's own ``saved``, with the resumable ones of
+    ``changes`` (field name -> value; TrainConfig's fields, and VAEConfig's when the run's
+    ``model`` is given). ValueError naming, by flag and field, every other setting whose value
+    differs from the run's; a value in the setting's ``keeps_run`` ("auto") means the run's.
+
+    The one check of both entry points: ``pyro-vae train --resume`` passes the options typed
+    (and --data-dir, --device, --out), ``pyro_vae.train(..., resume=True)`` every field of the
+    TrainConfig it was given."""
+    tables: dict[str, tuple[Any, Any]] = {
+        name: (saved, s) for name, (_, s) in settings_of(TrainConfig).items()
+    }
+    if model is not None:
+        tables.update({name: (model, s) for name, (_, s) in settings_of(VAEConfig).items()})
+    unknown = sorted(set(changes) - set(tables))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown} for a resumed run; known: {sorted(tables)}")
+    differ = []
+    for name, (config, s) in tables.items():
+        if name not in changes or s.resumable:
+            continue
+        value, own = changes[name], getattr(config, name)
+        if _same(value, own) or any(_same(value, k) for k in s.keeps_run):
+            continue
+        where = f"{type(config).__name__}.{name}"
+        differ.append(f"{flag_of(name, s)} {shown(value)} ({where}; the run has {shown(own)})")
+    if differ:
+        raise ValueError(
+            f"--resume keeps the run's settings, but {', '.join(differ)}; drop "
+            f"{'it' if len(differ) == 1 else 'them'} (only {RESUME_FLAGS} may change), or "
+            "train a new run with another --out"
+        )
+    given = {k: v for k, v in changes.items() if k in RESUMABLE}
+    return TrainConfig.from_dict({**saved.to_dict(), **given})
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal values, a recorded list and a given tuple of the same items included."""
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+        return tuple(a) == tuple(b)
+    return a == b

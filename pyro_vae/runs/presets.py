@@ -35,7 +35,7 @@ IWAE_PAPER: dict[str, dict[str, Any]] = {
         "eps": 1e-4,
         "lr_schedule": "staged",
         "epochs": 3280,
-        "binarize": "dynamic",
+        "data_mode": "dynamic",
         "train_subset": 59600,
         "decoder_bias": "data-mean",
     },

@@ -8,6 +8,7 @@ into a VAE the user rebuilt with the same objects: ``load_vae(run_dir, vae=my_va
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -24,8 +25,6 @@ from pyro_vae.runs.options import TrainConfig
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
-# VAEConfig fields that decide the shapes of the weights; the rest name the prior/likelihood.
-_STRUCTURE = ("x_dim", "z_dim", "hidden_dims", "activation", "num_classes")
 
 
 def read_metrics(run_dir: str | os.PathLike, up_to: int | None = None) -> list[dict]:
@@ -70,12 +69,14 @@ def write_config(run_dir: str | os.PathLike, record: dict) -> None:
 
 
 def check_fits(vae: VAE, saved: VAEConfig, objects: dict | None = None) -> None:
-    """Raises CheckpointError when ``vae`` is not built like the run's model ``saved``."""
+    """Raises CheckpointError when ``vae`` is not built like the run's model ``saved``: every
+    VAEConfig field must match (it is what rebuilds the model: the shapes of the weights and
+    the prior and likelihood they belong to)."""
     mine = vae.config
     diff = [
-        f"{name} {getattr(mine, name)!r} (run: {getattr(saved, name)!r})"
-        for name in (*_STRUCTURE, "prior", "likelihood", "prior_components", "likelihood_scale")
-        if getattr(mine, name) != getattr(saved, name)
+        f"{f.name} {getattr(mine, f.name)!r} (run: {getattr(saved, f.name)!r})"
+        for f in dataclasses.fields(VAEConfig)
+        if getattr(mine, f.name) != getattr(saved, f.name)
     ]
     if diff:
         raise CheckpointError(
@@ -163,7 +164,7 @@ def load_run(
     data = ImageData.load(
         data_dir,
         vae.likelihood,
-        tc.binarize,
+        tc.data_mode,
         device,
         train_subset=1,
         test_subset=tc.test_subset if test_subset is None else test_subset,

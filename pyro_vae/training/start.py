@@ -1,0 +1,198 @@
+"""Opening a training run: a new one, or a checkpoint resumed exactly.
+
+``start_run`` turns what the caller gave (a VAE or its config, the settings, resume or not)
+into a :class:`Run`: the model on its device, the data (checked once against the likelihood),
+the objective, the optimizer and schedule (restored from the checkpoint when resuming), the
+step, the run directory's record and the epochs already done. The loop (``loop.py``) then
+only trains, scores and saves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pyro_vae.data.datasets import DatasetSpec, check_outside_data, check_run_data
+from pyro_vae.data.images import ImageData
+from pyro_vae.inference.objectives import Objective
+from pyro_vae.inference.steps import EagerStep, TracedStep, build_step, resolve_step
+from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from pyro_vae.runs.options import TrainConfig, resume_settings
+from pyro_vae.runs.records import check_fits, load_state, read_metrics, write_config, write_metrics
+from pyro_vae.runtime.device import resolve_device
+from pyro_vae.runtime.distributed import World
+from pyro_vae.runtime.rng import seeded
+from pyro_vae.training.schedules import load_optimizer_state, make_optimizer, make_scheduler
+
+
+@dataclass
+class Run:
+    """A training run while it trains: what every epoch reads and updates."""
+
+    vae: VAE
+    config: TrainConfig
+    out: Path
+    world: World
+    device: torch.device
+    data: ImageData
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    step: EagerStep | TracedStep | None  # built last, once the state is restored
+    record: dict  # what every checkpoint holds besides the state dicts
+    start_epoch: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    tensorboard: object | None = None  # training.tensorboard.TensorBoardLog
+
+
+def _model_and_settings(
+    vae: VAE | VAEConfig | None, config: TrainConfig, out: Path, resume: bool
+) -> tuple[VAE | VAEConfig, TrainConfig, dict | None]:
+    """The model (or its config), the settings and the checkpoint (None for a new run)."""
+    if not resume:
+        if (out / CHECKPOINT_NAME).exists():
+            raise ValueError(
+                f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        if vae is None:
+            raise ValueError("give the VAE (or a VAEConfig) to train; None is only for resume=True")
+        return vae, config, None
+    ckpt = load_checkpoint(out)
+    saved = VAEConfig.from_dict(ckpt["vae_config"])
+    given = {name: getattr(config, name) for name in TrainConfig.__dataclass_fields__}
+    config = resume_settings(TrainConfig.from_dict(ckpt["train_config"]), given)
+    check_outside_data(out, DatasetSpec.of(config))
+    if isinstance(vae, VAE):
+        check_fits(vae, saved, ckpt.get("objects"))
+    elif vae is not None and vae != saved:
+        raise ValueError(
+            "a resumed run keeps its model; the VAEConfig passed differs from the run's "
+            "(pass None to use the run's)"
+        )
+    return vae if isinstance(vae, VAE) else saved, config, ckpt
+
+
+def _load_data(vae: VAE, config: TrainConfig, device: torch.device, ckpt: dict | None):
+    data = ImageData.load(
+        config.data_dir,
+        vae.likelihood,
+        config.data_mode,
+        device,
+        train_subset=config.train_subset,
+        test_subset=config.test_subset,
+        dataset=DatasetSpec.of(config),
+    )
+    check_run_data(vae.config.x_dim, data, ckpt)
+    # What Pyro's validation would check every step, checked once for the whole dataset (its
+    # binarization draws come from a seeded block, not from the caller's generator).
+    with seeded(config.seed, device):
+        data.validate(vae.config.num_classes)
+    if config.data_mode == "auto":
+        config.data_mode = data.data_mode
+    return data
+
+
+def start_decoder_bias(vae: VAE, data: ImageData) -> None:
+    """The IWAE paper's start: the decoder's output bias at the logit of the training set's
+    mean pixel (clipped to [0.001, 0.999]), so the first steps do not spend themselves on it."""
+    if vae.likelihood.params_per_pixel != 1:
+        raise ValueError("decoder_bias 'data-mean' needs a likelihood with one output per pixel")
+    mean = data.train_x.double().mean(0).div(255).clamp(0.001, 0.999)
+    bias = vae.model.decoder.net[-1].bias
+    with torch.no_grad():
+        bias.copy_(torch.logit(mean).to(bias))
+
+
+def _restore(run: Run, ckpt: dict, log: Callable[[str], None]) -> None:
+    """Weights, optimizer, schedule and metrics rows of the checkpoint's epoch."""
+    load_state(run.vae, ckpt["model"], run.out)
+    load_optimizer_state(run.optimizer, ckpt["optimizer"])
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.start_epoch = ckpt["epoch"]
+    before = ckpt.get("world_size", 1)
+    if before != run.world.size:
+        log(
+            f"resuming a run trained on {before} process(es) on {run.world.size}: the "
+            "per-process noise streams differ from an uninterrupted run's"
+        )
+    # Drops epochs the checkpoint does not have (a crash between the two writes).
+    run.metrics = read_metrics(run.out, up_to=run.start_epoch)
+    run.world.barrier()  # every rank has read the file before rank 0 rewrites it
+    if run.world.is_main:
+        write_metrics(run.out, run.metrics)
+    if run.start_epoch >= run.config.epochs:
+        log(f"{run.out} already has {run.start_epoch} epochs; raise --epochs to train further")
+
+
+def _write_new_run(run: Run, preset: dict | None) -> None:
+    if run.world.is_main:
+        r = run.record
+        write_config(
+            run.out,
+            {
+                "vae": r["vae_config"],
+                "train": r["train_config"],
+                "objects": r["objects"],
+                **({"preset": preset} if preset else {}),
+                "dataset": r["dataset"],
+            },
+        )
+        write_metrics(run.out, [])
+
+
+def start_run(
+    vae: VAE | VAEConfig | None,
+    config: TrainConfig,
+    out: Path,
+    world: World,
+    *,
+    resume: bool,
+    log: Callable[[str], None],
+    preset: dict | None = None,
+) -> Run:
+    """The run ``train`` trains (see there); call with the run directory's lock held and
+    inside a seeded block (every epoch then seeds its own stream)."""
+    vae, config, ckpt = _model_and_settings(vae, config, out, resume)
+    device = resolve_device(config.device)
+    if isinstance(vae, VAEConfig):
+        # The initial weights too come from the seed, not from the caller's RNG state.
+        with seeded(config.seed, device):
+            vae = VAE.from_config(vae)
+    data = _load_data(vae, config, device, ckpt)
+    total_steps = data.num_batches(config.batch_size) * config.epochs
+    kind = resolve_step(config.step, device, total_steps, world.size)
+    vae.to(device)
+    if ckpt is None and config.decoder_bias == "data-mean":
+        start_decoder_bias(vae, data)
+    optimizer = make_optimizer(vae, config, capturable=kind.capturable_optimizer)
+    record = {
+        "vae_config": vae.config.to_dict(),
+        "train_config": config.to_dict(),
+        "objects": vae.custom_objects(),
+        "world_size": world.size,
+        "dataset": data.dataset,
+    }
+    run = Run(
+        vae, config, out, world, device, data, config.objective(), optimizer,
+        make_scheduler(optimizer, config), step=None, record=record,
+    )  # fmt: skip
+    if ckpt is not None:
+        _restore(run, ckpt, log)
+    else:
+        _write_new_run(run, preset)
+    # After the restore: DDP broadcasts rank 0's weights when it wraps the loss.
+    run.step = build_step(
+        vae, optimizer, run.objective, kind, world, log if world.is_main else None,
+        auto=config.step == "auto",
+    )  # fmt: skip
+    if config.tensorboard and world.is_main:
+        from pyro_vae.training.tensorboard import TensorBoardLog
+
+        run.tensorboard = TensorBoardLog(out / "tensorboard")
+    return run
