@@ -17,28 +17,10 @@ from pyro_vae.runtime.settings import (
     check_settings,
     or_auto,
     positive_float,
+    registry_names,
     setting,
     sizes,
 )
-
-
-# The registries' names, read when a parser is built (the registries import this module).
-def _activations() -> list[str]:
-    from pyro_vae.models.networks import ACTIVATIONS
-
-    return sorted(ACTIVATIONS)
-
-
-def _priors() -> list[str]:
-    from pyro_vae.models.priors import PRIORS
-
-    return sorted(PRIORS)
-
-
-def _likelihoods() -> list[str]:
-    from pyro_vae.models.likelihoods import LIKELIHOODS
-
-    return sorted(LIKELIHOODS)
 
 
 @dataclass
@@ -54,7 +36,9 @@ class VAEConfig:
         (400,), "the hidden layers' sizes, e.g. 400 or 200,200", parse=sizes
     )
     # Softplus is what Pyro's example uses; any name in networks.ACTIVATIONS works.
-    activation: str = setting("softplus", "the networks' activation", choices=_activations)
+    activation: str = setting(
+        "softplus", "the networks' activation", choices=registry_names("activations")
+    )
     # 0 = unconditional; 10 for MNIST digits makes the conditional VAE (same model and guide).
     num_classes: int = setting(
         0,
@@ -63,8 +47,10 @@ class VAEConfig:
         keeps_run=("auto",),
     )
     # Names from priors.PRIORS / likelihoods.LIKELIHOODS; "custom" when a user passed an object.
-    prior: str = setting("normal", "the prior p(z | y)", choices=_priors)
-    likelihood: str = setting("bernoulli", "the likelihood p(x | z, y)", choices=_likelihoods)
+    prior: str = setting("normal", "the prior p(z | y)", choices=registry_names("priors"))
+    likelihood: str = setting(
+        "bernoulli", "the likelihood p(x | z, y)", choices=registry_names("likelihoods")
+    )
     # Mixture components (mog) or pseudo-inputs (vamp); ignored by the other priors.
     prior_components: int = setting(10, "K for mog and vamp", parse=POSITIVE)
     # Fixed observation scale for the gaussian/laplace likelihoods; None = learned per pixel.

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.discretized import DiscretizedLogistic, eight_bit_grid, to_grid
+from pyro_vae.runtime.settings import publish_registry
 
 # Beta data must lie strictly inside (0, 1); pixels are squeezed into [EPS, 1 - EPS].
 BETA_EPS = 1e-3
@@ -218,6 +219,7 @@ LIKELIHOODS: dict[str, Callable[[VAEConfig], Likelihood]] = {
     "beta": lambda c: BetaLikelihood(),
     "discretized-logistic": lambda c: DiscretizedLogisticLikelihood(),
 }
+publish_registry("likelihoods", LIKELIHOODS)  # the choices of VAEConfig.likelihood
 
 
 class _CallableLikelihood(Likelihood):

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_vae.runtime.settings import publish_registry
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "softplus": nn.Softplus,
     "relu": nn.ReLU,
@@ -22,6 +24,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
 }
+publish_registry("activations", ACTIVATIONS)  # the choices of VAEConfig.activation
 
 # Keeps the guide's scale away from 0, where log q(z | x) would blow up. Smaller than
 # likelihoods.LIKELIHOOD_MIN_SCALE: a posterior may be far narrower than the noise on a pixel.

@@ -24,6 +24,7 @@ from torch.distributions import constraints
 
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.networks import Encoder
+from pyro_vae.runtime.settings import publish_registry
 
 PriorLike = dist.Distribution | nn.Module | Callable[[Tensor | None], dist.Distribution]
 
@@ -212,6 +213,7 @@ PRIORS: dict[str, type[nn.Module]] = {
     "vamp": VampPrior,
     "conditional": ConditionalNormalPrior,
 }
+publish_registry("priors", PRIORS)  # the choices of VAEConfig.prior
 
 
 def build_prior(prior: str | PriorLike, config: VAEConfig, encoder: Encoder) -> nn.Module:

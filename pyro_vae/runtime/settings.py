@@ -20,6 +20,28 @@ from typing import Any
 
 _KEY = "pyro_vae.setting"
 
+# Registries that publish their names for a setting's choices (``registry_names``): a config
+# names the registry, the registry module publishes itself on import, so the config need not
+# import the module that imports the config.
+_REGISTRIES: dict[str, Any] = {}
+
+
+def publish_registry(name: str, registry: Any) -> None:
+    """Makes ``registry`` (a dict of names) the choices of the settings that name it."""
+    _REGISTRIES[name] = registry
+
+
+def registry_names(name: str) -> Callable[[], list[str]]:
+    """Choices read, when a parser is built, from the registry published as ``name``."""
+
+    def names() -> list[str]:
+        if name not in _REGISTRIES:
+            raise LookupError(f"the {name} registry is not loaded; import pyro_vae first")
+        return sorted(_REGISTRIES[name])
+
+    names.__name__ = f"{name} registry"
+    return names
+
 
 @dataclass(frozen=True)
 class Setting:
