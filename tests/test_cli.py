@@ -97,6 +97,10 @@ def test_train_then_evaluate(mnist_dir, tmp_path, capsys):
         line = next(ln for ln in stdout.splitlines() if ln.startswith(name + " "))
         assert f"{r['neg_elbo']:.2f}" in line, (line, r)  # the table shows what the file holds
     assert "eval.json" in stdout
+    au = report["active_units"]
+    assert au["num_units"] == 4 and au["num_images"] == 200 and 0 <= au["active"] <= 4
+    assert au["active"] == sum(v > au["threshold"] for v in au["variances"])
+    assert f"active units: {au['active']} of 4" in stdout
 
 
 def test_missing_data_is_one_line_with_the_fix(tmp_path):

@@ -137,6 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from pyro_vae.data.datasets import describe as describe_dataset
     from pyro_vae.data.datasets import same_dataset
+    from pyro_vae.evaluation.active_units import active_units
     from pyro_vae.evaluation.elbo import evaluate_elbo
     from pyro_vae.inference.units import dataset_name, describe
     from pyro_vae.runs.records import write_text_atomic
@@ -177,6 +178,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "units": "nats per image",
         "elbo": results,
     }
+    # Active units (Burda et al. 2016): Var over the test images of E_q[z_u | x] > 0.01.
+    report["active_units"] = active_units(vae, data.test_batches(EVAL_BATCH))
     if args.num_samples:
         report["log_likelihood"] = _evaluate_nll(args, vae, data, device)
         report["log_likelihood"]["dataset"] = dataset_name(report["data"], source)
@@ -195,6 +198,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"{r['estimator']:<22}{r['kl_kind']:<13}{r['neg_elbo']:>9.2f}{r['recon']:>9.2f}"
             f"{r['kl']:>9.2f}{r['bits_per_dim']:>10.4f}"
         )
+    au = report["active_units"]
+    print(
+        f"active units: {au['active']} of {au['num_units']} "
+        f"(Var_x E_q[z_u | x] > {au['threshold']:g} over {au['num_images']} test images)"
+    )
     if args.num_samples:
         ll = report["log_likelihood"]
         print(
