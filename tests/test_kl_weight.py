@@ -106,3 +106,42 @@ def test_a_zero_weight_is_one_line_saying_what_to_do():
         VAE(z_dim=2, hidden_dims=(4,), kl_weight=-1.0)
     assert vae.kl_weight == 1.0  # unchanged
     assert "model.kl_weight.value" not in vae.state_dict()  # not saved: the run sets it
+
+
+def _run(tmp_path, out: str, epochs: int, **kw):
+    from synthetic import write_tensor_file
+
+    from pyro_vae import TrainConfig
+
+    data = tmp_path / "data.pt"
+    if not data.exists():
+        write_tensor_file(data)  # 90 images of 16 x 20: 81 train (3 batches of 32), 9 test
+    return TrainConfig(
+        dataset=f"tensor:{data}", out=str(tmp_path / out), epochs=epochs, batch_size=32,
+        step="eager", device="cpu", seed=2, **kw,
+    )  # fmt: skip
+
+
+QUIET = {"progress": False, "write_figures": False, "log": lambda line: None}
+
+
+def test_a_warmup_run_weighs_every_step_and_resumes_exactly(tmp_path):
+    from pyro_vae import VAEConfig, train
+    from pyro_vae.runs.checkpoint import load_checkpoint
+
+    small = VAEConfig(x_dim=320, z_dim=3, hidden_dims=(16,))
+    warm = {"kl_weight": 2.0, "kl_warmup": 7}  # 3 steps an epoch: the rise spans 3 epochs
+    straight = train(small, _run(tmp_path, "straight", 4, **warm), **QUIET)
+    assert [m["kl_weight"] for m in straight] == pytest.approx([6 / 7, 12 / 7, 2.0, 2.0])
+    # The weighted objective beside the unweighted ELBO: they part while the weight is not 1.
+    assert all(abs(m["train_loss"] - m["train_neg_elbo"]) > 1e-3 for m in straight)
+    train(small, _run(tmp_path, "resumed", 1, **warm), **QUIET)
+    resumed = train(None, _run(tmp_path, "resumed", 4, **warm), resume=True, **QUIET)
+    timing = {"seconds", "eval_seconds", "trace_seconds"}
+    drop = [{k: v for k, v in m.items() if k not in timing} for m in resumed]
+    assert drop == [{k: v for k, v in m.items() if k not in timing} for m in straight]
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # Negative control: without the warm-up the first epoch trains another objective.
+    plain = train(small, _run(tmp_path, "plain", 1, kl_weight=2.0), **QUIET)
+    assert plain[0]["kl_weight"] == 2.0 and plain[0]["train_loss"] != straight[0]["train_loss"]
