@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -202,10 +203,18 @@ def test_the_other_ranks_stop_when_rank_zero_cannot_lock(told, mnist_dir, tmp_pa
             for p in procs:
                 p.start()
         try:
-            outcome = dict(results.get(timeout=60) for _ in range(2))
+            outcome = {}
+            for _ in range(2):
+                try:
+                    outcome.update([results.get(timeout=60 if told == "broadcast" else 45)])
+                except queue.Empty:  # not told, rank 1 may hang in that collective instead
+                    if told == "broadcast":
+                        raise
+                    outcome.setdefault(1, "hung in a collective rank 0 never joined")
+                    break
         finally:
             for p in procs:
-                p.join(timeout=30)
+                p.join(timeout=10)
                 if p.is_alive():
                     p.kill()
                     p.join()
@@ -213,8 +222,10 @@ def test_the_other_ranks_stop_when_rank_zero_cannot_lock(told, mnist_dir, tmp_pa
     assert outcome[0] == refused
     if told == "broadcast":
         assert outcome[1] == refused
-    else:  # rank 1 went on to the first collective of training, which rank 0 never joined
-        assert outcome[1].startswith("RuntimeError: "), outcome[1]
+    else:  # rank 1 went on to the first collective of training, which rank 0 never joined:
+        # it fails there (gloo's timeout) or hangs, but is never told why
+        assert outcome[1] != refused
+        assert outcome[1].startswith(("RuntimeError: ", "hung")), outcome[1]
 
 
 # ---------------------------------------------------------------- real processes
