@@ -46,9 +46,14 @@ def write_idx_dataset(root: Path, folder: str, n_train: int = 60, n_test: int = 
 
 
 def write_image_folder(
-    root: Path, classes: tuple[str, ...] = ("bars", "dots"), per_class: int = 30, sizes=((16, 16),)
+    root: Path,
+    classes: tuple[str, ...] = ("bars", "dots"),
+    per_class: int = 30,
+    sizes=((16, 16),),
+    modes=("RGB",),
 ) -> Path:
-    """``root/<class>/<i>.png``: RGB images, sizes (h, w) taken in turn."""
+    """``root/<class>/<i>.png``: images of PIL modes ``modes`` ("RGB" colour, "L" grayscale)
+    and sizes (h, w), each taken in turn."""
     for k, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
@@ -56,7 +61,9 @@ def write_image_folder(
             x, _ = images(len(classes), h, w, len(classes), seed=100 * k + i)
             grey = x[k]  # class k's bar
             rgb = np.stack([grey, grey // 2, 255 - grey], -1).astype(np.uint8)
-            Image.fromarray(rgb, "RGB").save(root / name / f"{i:03d}.png")
+            image = Image.fromarray(rgb, "RGB")
+            mode = modes[i % len(modes)]
+            (image if mode == "RGB" else image.convert(mode)).save(root / name / f"{i:03d}.png")
     return root
 
 
@@ -75,9 +82,9 @@ def write_tensor_file(
     return path
 
 
-def canvas_fits(shape: tuple[int, int], image_shape: tuple[int, int]) -> bool:
-    """Whether a tiled canvas [h, w] is whole images of ``image_shape`` with 2-pixel gaps
-    (grids) or none (manifolds)."""
-    (h, w), (ih, iw) = shape, image_shape
+def canvas_fits(shape: tuple[int, ...], image_shape: tuple[int, ...]) -> bool:
+    """Whether a tiled canvas [h, w] (or RGB [h, w, 3]) is whole images of ``image_shape``
+    ((H, W) or (C, H, W)) with 2-pixel gaps (grids) or none (manifolds)."""
+    (h, w), (ih, iw) = shape[:2], image_shape[-2:]
     gaps = (h + 2) % (ih + 2) == 0 and (w + 2) % (iw + 2) == 0
     return gaps or (h % ih == 0 and w % iw == 0)
