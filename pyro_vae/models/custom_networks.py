@@ -59,9 +59,10 @@ def custom_networks(
     for name, net in (("encoder", encoder), ("decoder", decoder)):
         if not isinstance(net, nn.Module):
             raise TypeError(f"{name} must be a torch.nn.Module, got {type(net).__name__}")
-    pair = CustomEncoder(encoder), CustomDecoder(decoder)
-    check_networks(*pair, config, params_per_pixel)
-    return pair
+    # The plain modules are checked, not the wrappers: a PyroModule called outside the VAE
+    # would put its weights in Pyro's param store under a name of its own.
+    check_networks(encoder, decoder, config, params_per_pixel)
+    return CustomEncoder(encoder), CustomDecoder(decoder)
 
 
 def _shape(t: object) -> str:
@@ -81,9 +82,10 @@ def _call(net: nn.Module, name: str, what: str, *args: Tensor | None, hint: str 
     """One forward in eval mode (training flags restored), under no_grad."""
     modes = {m: m.training for m in net.modules()}
     net.eval()
+    arg, y_onehot = args
     try:
         with torch.no_grad():
-            return net(*args)
+            return net(arg) if y_onehot is None else net(arg, y_onehot)
     except Exception as e:  # noqa: BLE001 - any failure is the user's network not fitting
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"the {name} fails on {what} ({type(e).__name__}: {first}){hint}") from None
@@ -96,7 +98,8 @@ def check_networks(
     encoder: nn.Module, decoder: nn.Module, config: VAEConfig, params_per_pixel: int
 ) -> None:
     """ValueError (one line) when the encoder's or the decoder's output does not fit the
-    images ``config.image_shape`` and ``config.z_dim`` (see the module's contract)."""
+    images ``config.image_shape`` and ``config.z_dim`` (see the module's contract); the
+    modules are called as the VAE calls them (with the one-hot label when conditional)."""
     c, b, k = config, CHECK_BATCH, CHECK_PARTICLES
     label = f" and y_onehot [{b}, {c.num_classes}]" if c.num_classes else ""
     device, dtype = _device_dtype(encoder)
