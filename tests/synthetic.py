@@ -121,11 +121,19 @@ def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0
     xte, yte = colour_images(n_test, 32, 32, 10, seed + 1)
     parts = np.array_split(np.arange(n_train), 5)
     for i, idx in enumerate(parts, start=1):
-        batch = {"batch_label": f"training batch {i} of 5", "labels": ytr[idx].tolist(),
-                 "data": xtr[idx].reshape(len(idx), -1), "filenames": [f"{j}.png" for j in idx]}  # fmt: skip
+        batch = {
+            "batch_label": f"training batch {i} of 5",
+            "labels": ytr[idx].tolist(),
+            "data": xtr[idx].reshape(len(idx), -1),
+            "filenames": [f"{j}.png" for j in idx],
+        }
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
-    test = {"batch_label": "testing batch 1 of 1", "labels": yte.tolist(),
-            "data": xte.reshape(n_test, -1), "filenames": [f"{j}.png" for j in range(n_test)]}  # fmt: skip
+    test = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": yte.tolist(),
+        "data": xte.reshape(n_test, -1),
+        "filenames": [f"{j}.png" for j in range(n_test)],
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
     from pyro_vae.data.datasets import CIFAR10_CLASSES
 
@@ -178,12 +186,16 @@ def write_celeba(root: Path, n_train: int = 6, n_test: int = 3, seed: int = 0) -
         "list_bbox_celeba.txt": [str(n), "image_id x_1 y_1 width height"]
         + [f"{f}  95  71 226 313" for f in names],
         "list_landmarks_align_celeba.txt": [
-            str(n), "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
-            "leftmouth_y rightmouth_x rightmouth_y"
-        ] + [f"{f} 69 109 106 113 77 142 73 152 108 154" for f in names],  # fmt: skip
+            str(n),
+            "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
+            "leftmouth_y rightmouth_x rightmouth_y",
+        ]
+        + [f"{f} 69 109 106 113 77 142 73 152 108 154" for f in names],  # fmt: skip
         "list_attr_celeba.txt": [str(n), " ".join(CELEBA_ATTRS)]
-        + [f"{f} {' '.join(['1', '-1'][(i + k) % 2] for k in range(len(CELEBA_ATTRS)))}"
-           for i, f in enumerate(names)],  # fmt: skip
+        + [
+            f"{f} {' '.join(['1', '-1'][(i + k) % 2] for k in range(len(CELEBA_ATTRS)))}"
+            for i, f in enumerate(names)
+        ],  # fmt: skip
     }
     for name, rows in lines.items():
         (folder / name).write_text("\n".join(rows) + "\n")
@@ -193,7 +205,7 @@ def write_celeba(root: Path, n_train: int = 6, n_test: int = 3, seed: int = 0) -
 def torchvision_md5s(monkeypatch, root: Path) -> None:
     """Points torchvision's CIFAR10, SVHN and CelebA MD5 lists at the synthetic files under
     ``root`` (those that exist), for this test only (``monkeypatch`` undoes it)."""
-    from torchvision.datasets import SVHN, CelebA, CIFAR10
+    from torchvision.datasets import CIFAR10, SVHN, CelebA
 
     cifar = root / CIFAR10.base_folder
     if cifar.is_dir():

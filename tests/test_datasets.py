@@ -156,7 +156,11 @@ CASES = {
     "kmnist": (["--dataset", "kmnist", "--num-classes", "10"], 3, (28, 28), 10, 1),
     "folder": (["--dataset", "folder:FOLDER", "--image-size", "16"], 2, (16, 16), 0, 3),
     "folder-grayscale": (
-        ["--dataset", "folder:FOLDER", "--image-size", "16", "--grayscale"], 2, (16, 16), 0, 1
+        ["--dataset", "folder:FOLDER", "--image-size", "16", "--grayscale"],
+        2,
+        (16, 16),
+        0,
+        1,
     ),
     "tensor": (["--dataset", "tensor:TENSOR", "--num-classes", "auto"], 2, (16, 20), 3, 1),
 }
@@ -202,7 +206,9 @@ def test_train_resume_evaluate_plot_sample(case, data, tmp_path, monkeypatch, ca
         info = report["conditioning"]["classifier"]
         assert info["dataset"]["test_sha256"] == record["test_sha256"]
     out = capsys.readouterr().out
-    assert f"dataset: {record['name']} ({shape[0]}x{shape[1]}{' RGB' if channels == 3 else ''}" in out
+    assert (
+        f"dataset: {record['name']} ({shape[0]}x{shape[1]}{' RGB' if channels == 3 else ''}" in out
+    )
 
     drawn = []
     show = plots._show
@@ -264,7 +270,11 @@ def test_a_moved_file_is_the_same_data_but_resume_refuses_changed_data(data, tmp
 # Bad inputs: one line on stderr naming the problem and the fix, exit code 2, no traceback, and
 # an existing run left byte-identical. RUN is a run on TENSOR (3 classes of 16x20 images).
 BAD_INPUTS: list[tuple[str, list[str], str]] = [
-    ("unknown dataset", ["train", "--dataset", "cifar100"], "unknown dataset 'cifar100'; use mnist"),
+    (
+        "unknown dataset",
+        ["train", "--dataset", "cifar100"],
+        "unknown dataset 'cifar100'; use mnist",
+    ),
     ("folder: without a path", ["train", "--dataset", "folder:"], "folder: needs a path"),
     ("missing folder", ["train", "--dataset", "folder:MISSING"], "no such folder"),
     ("folder without class folders", ["train", "--dataset", "folder:EMPTY"], "no class subfolders"),
@@ -340,25 +350,47 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         ["train", "--dataset", "folder:MIXED"],
         "holds grayscale and colour images (L in ",
     ),
-    ("--grayscale on a tensor file", ["train", "--dataset", "tensor:TENSOR", "--grayscale"],
-     "--grayscale converts folder: images, not tensor:"),
-    ("--grayscale on cifar10", ["train", "--dataset", "cifar10", "--grayscale"],
-     "--grayscale converts folder: images, not cifar10"),
+    (
+        "--grayscale on a tensor file",
+        ["train", "--dataset", "tensor:TENSOR", "--grayscale"],
+        "--grayscale converts folder: images, not tensor:",
+    ),
+    (
+        "--grayscale on cifar10",
+        ["train", "--dataset", "cifar10", "--grayscale"],
+        "--grayscale converts folder: images, not cifar10",
+    ),
     (
         "tensor file channels last",
         ["train", "--dataset", "tensor:CHANNELSLAST"],
         "channels last; make it [N, C, H, W] with x.permute(0, 3, 1, 2)",
     ),
-    ("cifar10 offline", ["train", "--dataset", "cifar10"],
-     "CIFAR-10 not found in IDX/cifar-10-batches-py and could not be downloaded"),
-    ("svhn offline", ["train", "--dataset", "svhn"],
-     "SVHN not found in IDX/SVHN and could not be downloaded"),
-    ("celeba offline", ["train", "--dataset", "celeba"],
-     "CelebA not found in IDX/celeba and could not be downloaded"),
+    (
+        "cifar10 offline",
+        ["train", "--dataset", "cifar10"],
+        "CIFAR-10 not found in IDX/cifar-10-batches-py and could not be downloaded",
+    ),
+    (
+        "svhn offline",
+        ["train", "--dataset", "svhn"],
+        "SVHN not found in IDX/SVHN and could not be downloaded",
+    ),
+    (
+        "celeba offline",
+        ["train", "--dataset", "celeba"],
+        "CelebA not found in IDX/celeba and could not be downloaded",
+    ),
     (
         "conv network on images too small for its layers",
-        ["train", "--dataset", "tensor:TENSOR", "--network", "conv", "--conv-channels",
-         "8,8,8,8,8"],
+        [
+            "train",
+            "--dataset",
+            "tensor:TENSOR",
+            "--network",
+            "conv",
+            "--conv-channels",
+            "8,8,8,8,8",
+        ],
         "need images of at least 32x32, got 16x20; give fewer --conv-channels",
     ),
     ("plot on another dataset", ["plot", "RUN", "--dataset", "kmnist"], "--allow-other-dataset"),
@@ -399,7 +431,9 @@ def places(data, tmp_path_factory) -> dict:
         "NOIMAGES": root / "noimages",
         "FOLDER": data["folder"],  # two sizes: needs --image-size
         "ONECLASS": write_image_folder(root / "one", classes=("a",), per_class=5),
-        "COLOUR": write_image_folder(root / "colour", classes=("a",), per_class=5, sizes=((16, 20),)),
+        "COLOUR": write_image_folder(
+            root / "colour", classes=("a",), per_class=5, sizes=((16, 20),)
+        ),
         "MIXED": write_image_folder(root / "mixed", per_class=3, modes=("RGB", "L")),
         "TENSOR": data["tensor"],
         **{name: root / f"{name}.pt" for name in tensors},

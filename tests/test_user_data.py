@@ -47,7 +47,9 @@ def test_folder_keeps_colour_and_grayscale_files_channels(tmp_path):
 
 def test_folder_of_grayscale_and_colour_files_needs_grayscale(tmp_path):
     root = write_image_folder(tmp_path / "f", per_class=2, sizes=((8, 8),), modes=("RGB", "L"))
-    with pytest.raises(DataError, match=r"holds grayscale and colour images \(L in .*, RGB in") as e:
+    with pytest.raises(
+        DataError, match=r"holds grayscale and colour images \(L in .*, RGB in"
+    ) as e:
         read_folder(root)
     assert "pass --grayscale" in str(e.value) and "\n" not in str(e.value)
     assert read_folder(root, grayscale=True).image_shape == (1, 8, 8)
@@ -101,7 +103,9 @@ def test_tensor_file_of_flat_square_images_and_without_labels(tmp_path):
     x = torch.randint(0, 256, (5, 64), dtype=torch.uint8)
     torch.save({"x": x}, tmp_path / "t.pt")
     images = read_tensor_file(tmp_path / "t.pt")
-    assert torch.equal(images.x, x.reshape(5, 1, 8, 8)) and images.y is None and images.classes == ()
+    assert (
+        torch.equal(images.x, x.reshape(5, 1, 8, 8)) and images.y is None and images.classes == ()
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 3])

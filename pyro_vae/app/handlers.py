@@ -135,7 +135,9 @@ class Handlers:
         x = self.drawing(data_url)
         if x is None:
             c, h, w = self.explorer.image_shape
-            blank = np.zeros((self.factor * h, self.factor * w, *((3,) if c == 3 else ())), np.uint8)
+            blank = np.zeros(
+                (self.factor * h, self.factor * w, *((3,) if c == 3 else ())), np.uint8
+            )
             return blank, blank, DRAW_PROMPT, None, None, self.pad(coords, None)
         s = self.explorer.score_drawing(x, int(num_samples))
         point = self.axes.to_coords(s.z.cpu())[0][:2].tolist()

@@ -165,9 +165,9 @@ def load_svhn(root: str | os.PathLike, train: bool) -> tuple[Tensor, Tensor]:
     try:
         ds = _quietly(lambda: SVHN(root=str(folder), split=split, download=True))
     except Exception as e:  # noqa: BLE001 - any download failure means the same thing to a user
-        _, name, md5 = SVHN.split_list[split]
-        fix = f"put it there or point --data-dir (or ${DATA_ENV}) at a folder holding SVHN"
-        raise _missing_or_damaged("SVHN", folder, [(name, md5)], e, fix) from None
+        files = [tuple(SVHN.split_list[s][1:]) for s in ("train", "test")]
+        fix = f"put them there or point --data-dir (or ${DATA_ENV}) at a folder holding SVHN"
+        raise _missing_or_damaged("SVHN", folder, files, e, fix) from None
     return torch.from_numpy(np.ascontiguousarray(ds.data)), torch.from_numpy(ds.labels).long()
 
 

@@ -1,8 +1,8 @@
 """The user's own images: an image folder (torchvision's ``ImageFolder`` layout) or a tensor file.
 
 Each reader returns :class:`Images`: uint8 pixels [N, C, H, W] (C = 1 grayscale, 3 RGB), int64
-labels [N] (or None) and the class names. Everything a user can get wrong is a :class:`~pyro_vae.data.images.DataError` whose one
-line names the problem and the fix; ``datasets.py`` splits, checks and records the result.
+labels [N] (or None) and the class names. Everything a user can get wrong is a
+:class:`~pyro_vae.data.images.DataError` whose one line names the problem and the fix; ``datasets.py`` splits, checks and records the result.
 """
 
 from __future__ import annotations

@@ -88,7 +88,9 @@ def _call(net: nn.Module, name: str, what: str, *args: Tensor | None, hint: str 
             return net(arg) if y_onehot is None else net(arg, y_onehot)
     except Exception as e:  # noqa: BLE001 - any failure is the user's network not fitting
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"the {name} fails on {what} ({type(e).__name__}: {first}){hint}") from None
+        raise ValueError(
+            f"the {name} fails on {what} ({type(e).__name__}: {first}){hint}"
+        ) from None
     finally:
         for m, mode in modes.items():
             m.train(mode)
