@@ -2,7 +2,8 @@
 
 Each reader returns :class:`Images`: uint8 pixels [N, C, H, W] (C = 1 grayscale, 3 RGB), int64
 labels [N] (or None) and the class names. Everything a user can get wrong is a
-:class:`~pyro_vae.data.images.DataError` whose one line names the problem and the fix; ``datasets.py`` splits, checks and records the result.
+:class:`~pyro_vae.data.images.DataError` whose one line names the problem and the fix;
+``datasets.py`` splits, checks and records the result.
 """
 
 from __future__ import annotations
