@@ -107,8 +107,8 @@ def drawing_to_pixels(
     ink repeated in each of the C channels (a grey drawing for an RGB model). Then, as the
     run's data ``mode`` (``ImageData.data_mode``) makes data: "dynamic" or "threshold"
     threshold at 1/2 (the mode of dynamic binarization); "dequantize" takes each bin's
-    midpoint (k + 1/2) / 256, so a drawing scores the same every time; "none" is grayscale via ``likelihood.prepare``. Without
-    a mode, ``binary`` chooses between threshold and none.
+    midpoint (k + 1/2) / 256, so a drawing scores the same every time; "none" is grayscale
+    via ``likelihood.prepare``. Without a mode, ``binary`` chooses between threshold and none.
     """
     a = np.asarray(image, dtype=np.float32) / 255.0
     if a.ndim == 3:
