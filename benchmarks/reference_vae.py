@@ -1,4 +1,5 @@
-"""The hand-written PyTorch VAE (and CVAE) that the benchmarks measure pyro-vae against.
+"""The hand-written PyTorch VAE (and CVAE) that the benchmarks measure pyro-vae against, with
+the MLP (``ReferenceVAE``) or the conv network (``ReferenceConvVAE``).
 
 The same networks as ``pyro_vae.VAE`` (encoder x[, one-hot y] -> hidden -> 2 x z_dim with a
 softplus scale, decoder z[, one-hot y] -> hidden reversed -> Bernoulli logits; the activation
@@ -69,6 +70,58 @@ class ReferenceVAE(nn.Module):
     def loss(self, x: Tensor, y: Tensor | None = None, analytic_kl: bool = False) -> Tensor:
         log_lik, kl = self.loss_terms(x, y, analytic_kl)
         return (kl - log_lik).sum()
+
+
+def _sides(h: int, w: int, layers: int) -> list[tuple[int, int]]:
+    sides = [(h, w)]
+    for _ in range(layers):
+        h, w = h // 2, w // 2  # kernel 4, stride 2, padding 1
+        sides.append((h, w))
+    return sides
+
+
+class ReferenceConvVAE(ReferenceVAE):
+    """The conv network of ``pyro_vae.VAE(network="conv")``, written out: Conv2d(k 4, s 2,
+    p 1) + activation per layer, a linear head to loc and raw scale; the decoder a linear
+    layer + activation to the last feature map, then the transposed convolutions back (output
+    padding 1 where a side was odd), to Bernoulli logits. The loss is the MLP reference's."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        z_dim: int = 50,
+        channels: tuple[int, ...] = (32, 64, 128),
+        activation: str = "softplus",
+        num_classes: int = 0,
+    ) -> None:
+        nn.Module.__init__(self)
+        self.z_dim, self.num_classes, self.image_shape = z_dim, num_classes, image_shape
+        c, h, w = image_shape
+        sides = _sides(h, w, len(channels))
+        act = ACTIVATIONS[activation]
+        convs: list[nn.Module] = []
+        for a, b in zip((c, *channels[:-1]), channels, strict=True):
+            convs += [nn.Conv2d(a, b, 4, 2, 1), act()]
+        self.convs = nn.Sequential(*convs, nn.Flatten())
+        self.features = (channels[-1], *sides[-1])
+        self.head = nn.Linear(math.prod(self.features) + num_classes, 2 * z_dim)
+        self.fc = nn.Sequential(nn.Linear(z_dim + num_classes, math.prod(self.features)), act())
+        deconvs: list[nn.Module] = []
+        outs = (*reversed(channels[:-1]), c)
+        for i, (a, b) in enumerate(zip(reversed(channels), outs, strict=True)):
+            (ho, wo), (hi, wi) = sides[-2 - i], sides[-1 - i]
+            deconvs.append(nn.ConvTranspose2d(a, b, 4, 2, 1, (ho - 2 * hi, wo - 2 * wi)))
+            if i < len(channels) - 1:
+                deconvs.append(act())
+        self.deconvs = nn.Sequential(*deconvs)
+
+    def encoder(self, h: Tensor) -> Tensor:
+        x, onehot = h[..., : math.prod(self.image_shape)], h[..., math.prod(self.image_shape) :]
+        features = self.convs(x.reshape(-1, *self.image_shape))
+        return self.head(torch.cat([features, onehot], -1) if self.num_classes else features)
+
+    def decoder(self, h: Tensor) -> Tensor:
+        return self.deconvs(self.fc(h).reshape(-1, *self.features)).flatten(1)
 
 
 def reference_step(

@@ -1,7 +1,9 @@
 """Training-step throughput: pyro-vae's steps against a hand-written PyTorch VAE, in one process.
 
 Paths timed on the same device, same network and loss (``--z-dim``, ``--hidden-dims``,
-``--activation``; ``--cvae`` for the conditional VAE and a hand-written CVAE):
+``--activation``; ``--cvae`` for the conditional VAE and a hand-written CVAE; ``--network conv``
+for the conv network of ``--conv-channels`` on MNIST's 1 x 28 x 28, against a hand-written
+conv VAE with the same layers):
   reference   hand-written PyTorch, eager (benchmarks/reference_vae.py), torch.optim.Adam
   ref-fused   the same with torch.optim.Adam(fused=True), the optimizer pyro-vae uses
   pyro-svi    classic pyro.infer.SVI + Trace_ELBO + pyro.optim.Adam on the project's model/guide
@@ -19,6 +21,7 @@ dynamic binarization (real MNIST with --data-dir, else random uint8 images of th
     python benchmarks/throughput.py                 # CPU: batch 128 and 256
     python benchmarks/throughput.py --cvae          # the conditional VAE against a hand-written one
     python benchmarks/throughput.py --device cuda   # GPU: batch 128, 256 and 1024
+    python benchmarks/throughput.py --network conv  # the conv VAE against a hand-written one
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_vae import ReferenceVAE, reference_step  # noqa: E402
+from reference_vae import ReferenceConvVAE, ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE, TrainConfig  # noqa: E402
-from pyro_vae.data.images import ImageData, load_mnist  # noqa: E402
+from pyro_vae.data.images import ImageData  # noqa: E402
+from pyro_vae.data.torchvision_data import load_mnist  # noqa: E402
 from pyro_vae.inference.loglik import evaluate_log_likelihood  # noqa: E402
 from pyro_vae.inference.steps import build_step  # noqa: E402
 from pyro_vae.models.likelihoods import BernoulliLikelihood  # noqa: E402
@@ -52,12 +56,17 @@ def make_paths(
     device: torch.device, args: argparse.Namespace, lr: float = 1e-3
 ) -> dict[str, Callable[[torch.Tensor, torch.Tensor | None], object]]:
     """name -> step(x, y); each path owns a fresh model and optimizer."""
-    net = dict(z_dim=args.z_dim, hidden=args.hidden_dims, activation=args.activation)
     classes = 10 if args.cvae else 0
+    if args.network == "conv":
+        net = dict(z_dim=args.z_dim, channels=args.conv_channels, activation=args.activation)
+        reference = ReferenceConvVAE
+    else:
+        net = dict(z_dim=args.z_dim, hidden=args.hidden_dims, activation=args.activation)
+        reference = ReferenceVAE
     # The reference as a user writes it (torch's default Adam), and with fused Adam as ours has.
-    ref = ReferenceVAE(**net, num_classes=classes).to(device)
+    ref = reference(**net, num_classes=classes).to(device)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=lr)
-    ref_fused = ReferenceVAE(**net, num_classes=classes).to(device)
+    ref_fused = reference(**net, num_classes=classes).to(device)
     ref_fused_opt = torch.optim.Adam(ref_fused.parameters(), lr=lr, fused=True)
     paths: dict[str, Callable] = {
         "reference": lambda x, y: reference_step(ref, ref_opt, x, y),
@@ -68,6 +77,8 @@ def make_paths(
         return VAE(
             z_dim=args.z_dim,
             hidden_dims=args.hidden_dims,
+            network=args.network,
+            conv_channels=args.conv_channels,
             activation=args.activation,
             num_classes=classes,
         ).to(device)
@@ -142,6 +153,8 @@ def main() -> None:
     p.add_argument("--cvae", action="store_true", help="the conditional VAE (10 labels)")
     p.add_argument("--z-dim", type=int, default=50)
     p.add_argument("--hidden-dims", type=_hidden, default=(400,), help="e.g. 400 or 200,200")
+    p.add_argument("--network", choices=["mlp", "conv"], default="mlp")
+    p.add_argument("--conv-channels", type=_hidden, default=(32, 64, 128), help="conv: e.g. 32,64")
     p.add_argument("--activation", default="softplus", choices=["softplus", "tanh", "relu"])
     p.add_argument("--epoch", action="store_true", help="also time one full epoch per path")
     p.add_argument("--data-dir", default=None, help="real MNIST for the epoch timing")
@@ -165,8 +178,10 @@ def main() -> None:
         if device.type == "cuda"
         else (f"CPU, {torch.get_num_threads()} threads")
     )
+    widths = args.conv_channels if args.network == "conv" else args.hidden_dims
     net = (
-        f"{'CVAE' if args.cvae else 'VAE'} 784-{'-'.join(map(str, args.hidden_dims))}-{args.z_dim}"
+        f"{'CVAE' if args.cvae else 'VAE'} {args.network} 784-{'-'.join(map(str, widths))}"
+        f"-{args.z_dim}"
     )
     print(f"device: {name}; torch {torch.__version__}; pyro {pyro.__version__}; {net}")
     print(

@@ -228,7 +228,7 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("plot --grid-extent 0", ["plot", "RUN", "--grid-extent", "0"], "must be positive"),
     ("compare-elbo --repeats 1", ["compare-elbo", "RUN", "--repeats", "1"], "at least 2"),
     ("compare-elbo --ks 5,x", ["compare-elbo", "RUN", "--ks", "5,x"], "expected sizes"),
-    ("--dataset cifar10", ["train", "--dataset", "cifar10"], "unknown dataset 'cifar10'; use"),
+    ("--dataset cifar100", ["train", "--dataset", "cifar100"], "unknown dataset 'cifar100'; use"),
     (
         "evaluate on another dataset",
         ["evaluate", "RUN", "--dataset", "kmnist"],

@@ -104,7 +104,7 @@ def test_every_registry_entry_is_reachable_by_name():
     for key, kind in DATASETS.items():
         name = key if kind.official else f"{key}:some/where"
         assert parse_dataset(name)[:2] == (key, kind)
-    for bad in ("cifar10", "mnist:x", "folder", "folder:", "MNIST"):
+    for bad in ("cifar100", "mnist:x", "folder", "folder:", "MNIST"):
         with pytest.raises(ValueError, match="unknown dataset|needs a path"):
             parse_dataset(bad)
 
@@ -149,12 +149,20 @@ def test_a_given_test_folder_keeps_the_training_folders_class_numbers(tmp_path):
         load_dataset(DatasetSpec(f"folder:{train}", test_dataset=f"folder:{other}"), tmp_path)
 
 
-# The four forms end to end: (options, z_dim, image shape, number of classes of a CVAE or 0).
+# The forms end to end: (options, z_dim, image shape (H, W), number of classes of a CVAE or 0,
+# channels). The folder's PNGs are RGB: kept in colour, or made grayscale by --grayscale.
 CASES = {
-    "fashion-mnist": (["--dataset", "fashion-mnist"], 3, (28, 28), 0),
-    "kmnist": (["--dataset", "kmnist", "--num-classes", "10"], 3, (28, 28), 10),
-    "folder": (["--dataset", "folder:FOLDER", "--image-size", "16"], 2, (16, 16), 0),
-    "tensor": (["--dataset", "tensor:TENSOR", "--num-classes", "auto"], 2, (16, 20), 3),
+    "fashion-mnist": (["--dataset", "fashion-mnist"], 3, (28, 28), 0, 1),
+    "kmnist": (["--dataset", "kmnist", "--num-classes", "10"], 3, (28, 28), 10, 1),
+    "folder": (["--dataset", "folder:FOLDER", "--image-size", "16"], 2, (16, 16), 0, 3),
+    "folder-grayscale": (
+        ["--dataset", "folder:FOLDER", "--image-size", "16", "--grayscale"],
+        2,
+        (16, 16),
+        0,
+        1,
+    ),
+    "tensor": (["--dataset", "tensor:TENSOR", "--num-classes", "auto"], 2, (16, 20), 3, 1),
 }
 
 
@@ -165,7 +173,7 @@ def _placed(argv: list[str], data: dict) -> list[str]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_train_resume_evaluate_plot_sample(case, data, tmp_path, monkeypatch, capsys):
-    options, z_dim, shape, num_classes = CASES[case]
+    options, z_dim, shape, num_classes, channels = CASES[case]
     options = _placed(options, data)
     run = tmp_path / "run"
     common = ["--device", "cpu", "--data-dir", str(data["idx"])]
@@ -175,7 +183,9 @@ def test_train_resume_evaluate_plot_sample(case, data, tmp_path, monkeypatch, ca
     config = json.loads((run / "config.json").read_text())
     record = config["dataset"]
     assert record["image_shape"] == list(shape) and record["num_classes"] >= num_classes
-    assert config["vae"]["x_dim"] == shape[0] * shape[1]
+    assert record["channels"] == channels and record.get("grayscale", False) == case.endswith("e")
+    assert config["vae"]["x_dim"] == channels * shape[0] * shape[1]
+    assert config["vae"]["image_shape"] == [channels, *shape]
     assert config["vae"]["num_classes"] == num_classes
     assert re.fullmatch("[0-9a-f]{64}", record["test_sha256"])
     assert record["split"] == ("official" if case.endswith("mnist") else "fixed-seed")
@@ -188,7 +198,7 @@ def test_train_resume_evaluate_plot_sample(case, data, tmp_path, monkeypatch, ca
     assert main([*evaluate, "--samples-per-class", "4"]) == 0
     report = json.loads((run / "eval.json").read_text())
     assert report["test_set"] == record and report["other_dataset"] is False
-    assert report["num_dims"] == shape[0] * shape[1]
+    assert report["num_dims"] == channels * shape[0] * shape[1]
     assert report["log_likelihood"]["num_images"] == record["num_test"]
     assert report["elbo"][0]["dataset"] == f"binarized {record['title']}"
     if num_classes:  # the label classifier of this dataset's classes judged the samples
@@ -196,7 +206,9 @@ def test_train_resume_evaluate_plot_sample(case, data, tmp_path, monkeypatch, ca
         info = report["conditioning"]["classifier"]
         assert info["dataset"]["test_sha256"] == record["test_sha256"]
     out = capsys.readouterr().out
-    assert f"dataset: {record['name']} ({shape[0]}x{shape[1]}" in out
+    assert (
+        f"dataset: {record['name']} ({shape[0]}x{shape[1]}{' RGB' if channels == 3 else ''}" in out
+    )
 
     drawn = []
     show = plots._show
@@ -212,7 +224,9 @@ def test_train_resume_evaluate_plot_sample(case, data, tmp_path, monkeypatch, ca
     # (the negative control: the check can tell the shapes apart).
     assert len(drawn) >= 4 and all(canvas_fits(s, shape) for s in drawn), drawn
     h, w = shape
-    assert drawn[-1] == (2 * (h + 2) - 2, 8 * (w + 2) - 2)  # sample: 16 images, 8 per row
+    rgb = (3,) if channels == 3 else ()  # RGB images are drawn in colour
+    assert all(len(s) == 2 + len(rgb) for s in drawn if s[-1] != 3 or rgb), drawn
+    assert drawn[-1] == (2 * (h + 2) - 2, 8 * (w + 2) - 2, *rgb)  # sample: 16 images, 8 per row
     if shape != (28, 28):
         assert not canvas_fits(drawn[-1], (28, 28))
 
@@ -256,7 +270,11 @@ def test_a_moved_file_is_the_same_data_but_resume_refuses_changed_data(data, tmp
 # Bad inputs: one line on stderr naming the problem and the fix, exit code 2, no traceback, and
 # an existing run left byte-identical. RUN is a run on TENSOR (3 classes of 16x20 images).
 BAD_INPUTS: list[tuple[str, list[str], str]] = [
-    ("unknown dataset", ["train", "--dataset", "cifar10"], "unknown dataset 'cifar10'; use mnist"),
+    (
+        "unknown dataset",
+        ["train", "--dataset", "cifar100"],
+        "unknown dataset 'cifar100'; use mnist",
+    ),
     ("folder: without a path", ["train", "--dataset", "folder:"], "folder: needs a path"),
     ("missing folder", ["train", "--dataset", "folder:MISSING"], "no such folder"),
     ("folder without class folders", ["train", "--dataset", "folder:EMPTY"], "no class subfolders"),
@@ -314,7 +332,66 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     (
         "evaluate on another size, allowed",
         ["evaluate", "RUN", "--dataset", "kmnist", "--allow-other-dataset"],
-        "the model takes 320 pixels but kmnist has 28x28 = 784",
+        "the model takes 320 values per image (16x20) but kmnist has 28x28 = 784",
+    ),
+    (
+        "evaluate a grayscale run on RGB images",
+        ["evaluate", "RUN", "--dataset", "folder:COLOUR", "--allow-other-dataset"],
+        "the model takes 1-channel (grayscale) images but folder:COLOUR has 3-channel (RGB) "
+        "images (16x20); use data of the run's kind, or train a model on these; pass --grayscale",
+    ),
+    (
+        "evaluate a grayscale run on RGB images, not allowed",
+        ["evaluate", "RUN", "--dataset", "folder:COLOUR"],
+        "was trained on tensor",
+    ),
+    (
+        "grayscale and colour in one folder",
+        ["train", "--dataset", "folder:MIXED"],
+        "holds grayscale and colour images (L in ",
+    ),
+    (
+        "--grayscale on a tensor file",
+        ["train", "--dataset", "tensor:TENSOR", "--grayscale"],
+        "--grayscale converts folder: images, not tensor:",
+    ),
+    (
+        "--grayscale on cifar10",
+        ["train", "--dataset", "cifar10", "--grayscale"],
+        "--grayscale converts folder: images, not cifar10",
+    ),
+    (
+        "tensor file channels last",
+        ["train", "--dataset", "tensor:CHANNELSLAST"],
+        "channels last; make it [N, C, H, W] with x.permute(0, 3, 1, 2)",
+    ),
+    (
+        "cifar10 offline",
+        ["train", "--dataset", "cifar10"],
+        "CIFAR-10 not found in IDX/cifar-10-batches-py and could not be downloaded",
+    ),
+    (
+        "svhn offline",
+        ["train", "--dataset", "svhn"],
+        "SVHN not found in IDX/SVHN and could not be downloaded",
+    ),
+    (
+        "celeba offline",
+        ["train", "--dataset", "celeba"],
+        "CelebA not found in IDX/celeba and could not be downloaded",
+    ),
+    (
+        "conv network on images too small for its layers",
+        [
+            "train",
+            "--dataset",
+            "tensor:TENSOR",
+            "--network",
+            "conv",
+            "--conv-channels",
+            "8,8,8,8,8",
+        ],
+        "need images of at least 32x32, got 16x20; give fewer --conv-channels",
     ),
     ("plot on another dataset", ["plot", "RUN", "--dataset", "kmnist"], "--allow-other-dataset"),
     (
@@ -341,6 +418,7 @@ def places(data, tmp_path_factory) -> dict:
         "UNLABELLED": {"x": torch.zeros(10, 8, 8)},
         "WRONGKEYS": {"images": torch.zeros(10, 8, 8)},
         "INT32": {"x": torch.zeros(10, 8, 8, dtype=torch.int32)},
+        "CHANNELSLAST": {"x": torch.zeros(10, 8, 8, 3)},
         "FLOATLABELS": {"x": torch.zeros(10, 8, 8), "y": torch.zeros(10)},
     }
     for name, content in tensors.items():
@@ -353,6 +431,10 @@ def places(data, tmp_path_factory) -> dict:
         "NOIMAGES": root / "noimages",
         "FOLDER": data["folder"],  # two sizes: needs --image-size
         "ONECLASS": write_image_folder(root / "one", classes=("a",), per_class=5),
+        "COLOUR": write_image_folder(
+            root / "colour", classes=("a",), per_class=5, sizes=((16, 20),)
+        ),
+        "MIXED": write_image_folder(root / "mixed", per_class=3, modes=("RGB", "L")),
         "TENSOR": data["tensor"],
         **{name: root / f"{name}.pt" for name in tensors},
     }
@@ -377,7 +459,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_intact(
         return a
 
     argv = [place(a) for a in argv]
-    expected = expected.replace("RUN", str(places["RUN"]))
+    expected = expected.replace("RUN", str(places["RUN"])).replace("IDX", str(data["idx"]))
+    expected = expected.replace("folder:COLOUR", f"folder:{places['COLOUR']}")
     if argv[0] == "train" and "--out" not in argv:
         argv += ["--out", str(places["EMPTY"] / "new")]
     argv += ["--device", "cpu", "--data-dir", str(data["idx"])]

@@ -312,13 +312,32 @@ def test_images_of_any_shape_tile_whole_and_a_wrong_shape_is_refused():
     assert canvas.shape == (3, 11)
     np.testing.assert_allclose(canvas[:, :5], imgs[0].reshape(3, 5).numpy())
     np.testing.assert_allclose(canvas[:, 6:], imgs[1].reshape(3, 5).numpy())
-    assert plots.shape_of(256) == (16, 16) and plots.shape_of(784) == (28, 28)
+    assert plots.shape_of(256) == (1, 16, 16) and plots.shape_of(784) == (1, 28, 28)
+    assert plots.shape_of(15, (1, 3, 5)) == plots.shape_of(15, (3, 5)) == (1, 3, 5)
     with pytest.raises(ValueError, match="not square; pass image_shape"):
         plots.tile(imgs, ncols=2)  # 15 pixels: no square side
-    with pytest.raises(ValueError, match="image_shape 4x4 does not hold images of 15 pixels"):
+    with pytest.raises(ValueError, match="image_shape 4x4 does not hold images of 15 values"):
         plots.samples_figure(imgs, image_shape=(4, 4))
     fig = plots.interpolation_figure(
         imgs, imgs[:, None].expand(2, 3, 15), imgs, [0.0, 0.5, 1.0], image_shape=(3, 5)
     )
     (image,) = fig.axes[0].get_images()
     assert image.get_array().shape == (2 * 5 - 2, 7 * 7 - 2)  # 2 rows of 3 + 4 cells of 3x5
+
+
+def test_rgb_images_are_drawn_in_their_colours_channel_by_channel():
+    """[N, 3*H*W] values channel by channel (C, H, W) land as [H, W, 3] colours in the canvas;
+    the gaps are the grey of the grayscale figures; white is 1 (0 under gray_r)."""
+    h, w = 3, 4
+    img = torch.zeros(3, h, w)
+    img[0, 0, 0], img[1, 1, 2], img[2, 2, 3] = 1.0, 0.5, 0.25  # one value per channel
+    canvas = plots.tile(img.reshape(1, -1).expand(2, -1), ncols=2, pad=1, image_shape=(3, h, w))
+    assert canvas.shape == (h, 2 * w + 1, 3)
+    np.testing.assert_allclose(canvas[:, :w], img.permute(1, 2, 0).numpy())
+    np.testing.assert_allclose(canvas[:, w], 1 - plots.GAP_VALUE)
+    assert plots.blank_value(canvas) == 1.0 and plots.blank_value(canvas[..., 0]) == 0.0
+    fig = plots.samples_figure(img.reshape(1, -1), ncols=1, image_shape=(3, h, w))
+    (image,) = fig.axes[0].get_images()
+    assert image.get_array().shape == (h, w, 3) and image.get_cmap().name != "gray_r"
+    with pytest.raises(ValueError, match="images of 2 channels cannot be drawn"):
+        plots.shape_of(24, (2, h, w))

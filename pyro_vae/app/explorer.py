@@ -96,18 +96,19 @@ def drawing_to_pixels(
     *,
     binary: bool = False,
     likelihood: Likelihood | None = None,
-    shape: tuple[int, int] = (SIDE, SIDE),
+    shape: tuple[int, ...] = (SIDE, SIDE),
     mode: str | None = None,
 ) -> Tensor | None:
-    """A drawing -> one image in the data's size and representation, [H * W]; None if blank.
+    """A drawing -> one image in the data's size and representation, [C * H * W]; None if blank.
 
     ``image``: uint8 [h, w] or [h, w, 3 | 4], light ink on a dark or transparent background (as
     MNIST). As MNIST was made, the ink is cropped, scaled to fit a box of 20/28 of the image's
-    shorter side and centred by its centre of mass in ``shape`` (H, W). Then, as the run's data
-    ``mode`` (``ImageData.data_mode``) makes data: "dynamic" or "threshold" threshold at 1/2 (the
-    mode of dynamic binarization); "dequantize" takes each bin's midpoint (k + 1/2) / 256, so a
-    drawing scores the same every time; "none" is grayscale via ``likelihood.prepare``. Without
-    a mode, ``binary`` chooses between threshold and none.
+    shorter side and centred by its centre of mass in ``shape`` (C, H, W) or (H, W), the grey
+    ink repeated in each of the C channels (a grey drawing for an RGB model). Then, as the
+    run's data ``mode`` (``ImageData.data_mode``) makes data: "dynamic" or "threshold"
+    threshold at 1/2 (the mode of dynamic binarization); "dequantize" takes each bin's
+    midpoint (k + 1/2) / 256, so a drawing scores the same every time; "none" is grayscale
+    via ``likelihood.prepare``. Without a mode, ``binary`` chooses between threshold and none.
     """
     a = np.asarray(image, dtype=np.float32) / 255.0
     if a.ndim == 3:
@@ -121,7 +122,7 @@ def drawing_to_pixels(
         return None
     ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     h, w = ink.shape
-    height, width = shape
+    channels, height, width = (1, *shape) if len(shape) == 2 else shape
     f = DIGIT_BOX * min(height, width) / SIDE / max(h, w)
     size = (max(1, round(w * f)), max(1, round(h * f)))
     box = np.asarray(Image.fromarray(ink, mode="F").resize(size, Image.Resampling.BOX))
@@ -133,7 +134,8 @@ def drawing_to_pixels(
     left = int(np.clip(round(width / 2 - com[1]), 0, width - box.shape[1]))
     out = np.zeros((height, width), dtype=np.float32)
     out[top : top + box.shape[0], left : left + box.shape[1]] = box
-    x_uint8 = torch.from_numpy(np.round(out * 255).astype(np.uint8)).flatten()[None]
+    x_uint8 = torch.from_numpy(np.round(out * 255).astype(np.uint8)).flatten().repeat(channels)
+    x_uint8 = x_uint8[None]
     mode = mode or ("threshold" if binary else "none")
     if mode == "dequantize":
         return (x_uint8.float()[0] + 0.5) / 256
@@ -141,9 +143,12 @@ def drawing_to_pixels(
     return to_pixels(x_uint8, "threshold" if mode == "dynamic" else mode, lik)[0]
 
 
-def to_image(x: Tensor, shape: tuple[int, int] = (SIDE, SIDE)) -> np.ndarray:
-    """Pixels [H * W] (any range) -> a grayscale uint8 image [H, W] for the page."""
-    return (x.detach().float().clamp(0, 1).reshape(shape) * 255).round().byte().cpu().numpy()
+def to_image(x: Tensor, shape: tuple[int, ...] = (SIDE, SIDE)) -> np.ndarray:
+    """Values [C * H * W] (any range) -> a uint8 image for the page: grayscale [H, W] for
+    ``shape`` (1, H, W) or (H, W), RGB [H, W, 3] for (3, H, W)."""
+    c, h, w = (1, *shape) if len(shape) == 2 else shape
+    a = (x.detach().float().clamp(0, 1).reshape(c, h, w) * 255).round().byte().cpu().numpy()
+    return a[0] if c == 1 else a.transpose(1, 2, 0)
 
 
 @dataclass
@@ -172,8 +177,9 @@ class Explorer:
     seeded RNG are process-wide, so interactions from concurrent page events run one at a time).
 
     ``vae``: any :class:`pyro_vae.VAE`, built under the Pyro settings it runs with; ``test_x``
-    [M, H * W] in the model's data representation, ``test_y`` [M] labels, on the VAE's device.
-    ``image_shape``: (H, W), default square; ``data_mode``: how the run made its data
+    [M, C * H * W] in the model's data representation, ``test_y`` [M] labels, on the VAE's
+    device. ``image_shape``: (C, H, W) (or (H, W): one channel), default the VAE's;
+    ``data_mode``: how the run made its data
     (``ImageData.data_mode``), which drawings follow; default: threshold when the test set is
     binary, else grayscale.
     """
@@ -184,7 +190,7 @@ class Explorer:
         test_x: Tensor,
         test_y: Tensor,
         num_sliders: int = MAX_SLIDERS,
-        image_shape: tuple[int, int] | None = None,
+        image_shape: tuple[int, ...] | None = None,
         data_mode: str | None = None,
     ) -> None:
         if len(test_x) < 2:
@@ -193,11 +199,11 @@ class Explorer:
         self.test_x, self.test_y = test_x, test_y
         self.num_classes = vae.config.num_classes
         self.z_dim = vae.config.z_dim
-        side = int(round(vae.config.x_dim**0.5))
-        self.image_shape = tuple(image_shape) if image_shape else (side, side)
-        if self.image_shape[0] * self.image_shape[1] != vae.config.x_dim:
+        shape = tuple(image_shape) if image_shape else vae.config.image_shape
+        self.image_shape = (1, *shape) if len(shape) == 2 else shape  # (C, H, W)
+        if int(np.prod(self.image_shape)) != vae.config.x_dim:
             raise ValueError(
-                f"image shape {self.image_shape} does not hold {vae.config.x_dim} pixels"
+                f"image shape {self.image_shape} does not hold {vae.config.x_dim} values"
             )
         # Drawings get the data's representation: binary pixels if the model saw those.
         self.binary = bool(((test_x == 0) | (test_x == 1)).all())

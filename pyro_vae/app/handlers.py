@@ -67,12 +67,13 @@ class Handlers:
         self.conditional = bool(explorer.num_classes)
         self.first_label = 0 if self.conditional else None  # the label the page starts with
         self.has_pad = explorer.z_dim >= 2
-        self.factor = max(1, DIGIT // max(explorer.image_shape))  # shown about DIGIT across
+        self.factor = max(1, DIGIT // max(explorer.image_shape[1:]))  # shown about DIGIT across
         points, labels = explorer.coords[:, :2].numpy(), explorer.test_y.cpu().numpy()
         self.background = pad_background(points, labels, self.axes.extent) if self.has_pad else None
 
     def digit(self, x: Tensor) -> np.ndarray:
-        """Pixels [H * W] -> the enlarged picture the page shows, uint8 [H * f, W * f]."""
+        """Values [C * H * W] -> the enlarged picture the page shows, uint8 [H * f, W * f]
+        (and 3 colours for RGB)."""
         return enlarge(to_image(x, self.explorer.image_shape), self.factor)
 
     def pad(self, coords: Sequence[float], drawing_point: Point | None) -> np.ndarray | None:
@@ -117,7 +118,7 @@ class Handlers:
         return (*self.decode(zero, label, None, drawing_point), *zero, None)
 
     def drawing(self, data_url: str) -> Tensor | None:
-        """The canvas's PNG -> one image in the model's data representation [H * W]; None
+        """The canvas's PNG -> one image in the model's data representation [C * H * W]; None
         when the canvas is empty or blank."""
         image = decode_data_url(data_url)
         if image is None:
@@ -133,7 +134,10 @@ class Handlers:
         on the pad and the pad with its red dot. A blank canvas clears them."""
         x = self.drawing(data_url)
         if x is None:
-            blank = np.zeros(tuple(self.factor * d for d in self.explorer.image_shape), np.uint8)
+            c, h, w = self.explorer.image_shape
+            blank = np.zeros(
+                (self.factor * h, self.factor * w, *((3,) if c == 3 else ())), np.uint8
+            )
             return blank, blank, DRAW_PROMPT, None, None, self.pad(coords, None)
         s = self.explorer.score_drawing(x, int(num_samples))
         point = self.axes.to_coords(s.z.cpu())[0][:2].tolist()

@@ -372,13 +372,14 @@ def build_explorer(
     test_y: Tensor,
     run_info: dict[str, Any] | None = None,
     *,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     data_mode: str | None = None,
 ) -> gr.Blocks:
     """The explorer's page for ``vae`` (any :class:`pyro_vae.VAE`, in eval mode on its device).
 
-    test_x [M, H * W] in the data representation the model was trained on, test_y [M] labels,
-    on the VAE's device; ``image_shape`` (H, W) and ``data_mode`` as for :class:`Explorer`.
+    test_x [M, C * H * W] in the data representation the model was trained on, test_y [M]
+    labels, on the VAE's device; ``image_shape`` (C, H, W) and ``data_mode`` as for
+    :class:`Explorer`.
     ``run_info``: the identity card (see :func:`pyro_vae.app.view.run_info`); the model's
     configuration fills in what it lacks. Launch the result with :func:`launch`.
     """

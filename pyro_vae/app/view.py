@@ -101,8 +101,9 @@ def pad_image(
 
 
 def enlarge(digit: np.ndarray, factor: int = DIGIT_SCALE) -> np.ndarray:
-    """A uint8 image [28, 28] -> [28 * factor, 28 * factor], each pixel a factor x factor block."""
-    return np.kron(digit, np.ones((factor, factor), dtype=digit.dtype))
+    """A uint8 image [H, W] (or RGB [H, W, 3]) -> [H * factor, W * factor] (and the 3), each
+    pixel a factor x factor block."""
+    return digit.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def run_info(run_dir: str | os.PathLike, ckpt: dict) -> dict[str, Any]:
@@ -147,8 +148,14 @@ def describe_run(info: dict[str, Any]) -> str:
     if info.get("test_nll") is not None:
         parts.append(f"test NLL {info['test_nll']:.2f} nats (K={info['nll_samples']})")
     parts.append(f"prior {info.get('prior', '?')}, likelihood {info.get('likelihood', '?')}")
-    net = "-".join(str(v) for v in (info.get("x_dim", 784), *info.get("hidden_dims", ())))
-    parts.append(f"network {net}-{info.get('z_dim', '?')}")
+    network = info.get("network", "mlp")
+    if network == "mlp":
+        net = "-".join(str(v) for v in (info.get("x_dim", 784), *info.get("hidden_dims", ())))
+        parts.append(f"network {net}-{info.get('z_dim', '?')}")
+    else:
+        shape = "x".join(map(str, info.get("image_shape") or ()))
+        widths = "-".join(map(str, info.get("conv_channels", ()))) if network == "conv" else ""
+        parts.append(f"{network} network {shape} {widths}".rstrip() + f" z {info.get('z_dim')}")
     classes = info.get("num_classes") or 0
     parts.append(f"conditional on {classes} labels" if classes else "unconditional")
     if info.get("data_mode"):

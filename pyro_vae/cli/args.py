@@ -100,8 +100,12 @@ def add_setting(parser: Any, config: type, name: str, *, from_run: bool = False)
     if isinstance(f.default, bool):
         if f.default:
             raise ValueError(f"{name}: an on/off option must default to off")
-        options["action"] = "store_true"
-        text = s.help
+        if from_run:  # not given: None, the run's own value (which may be on)
+            options.update(action="store_const", const=True, default=None)
+            text = f"{s.help} (default {RUNS_OWN})"
+        else:
+            options["action"] = "store_true"
+            text = s.help
     else:
         options["default"] = None if from_run else cli_default_of(f, s)
         if s.parse is not None:

@@ -70,17 +70,17 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VAEConfig, TrainConfig,
 
 
 def _fit_data(args: argparse.Namespace, values: dict) -> dict:
-    """x_dim (and num_classes for auto) from the data; a one-line error when the classes do
-    not fit a conditional VAE."""
+    """The image shape (and num_classes for auto) from the data; a one-line error when the
+    classes do not fit a conditional VAE."""
     from pyro_vae.data.datasets import DatasetSpec, check_num_classes, peek_dataset
 
     spec = DatasetSpec.of(args)
-    (h, w), classes = peek_dataset(spec, args.data_dir)
+    shape, classes = peek_dataset(spec, args.data_dir)
     num_classes = values["num_classes"]
     if num_classes == "auto":  # asks for a conditional VAE: unlabelled data fail the check
         num_classes = max(len(classes), 1)
     check_num_classes(spec.dataset, classes, num_classes)
-    return {"x_dim": h * w, "num_classes": num_classes}
+    return {"image_shape": shape, "num_classes": num_classes}
 
 
 def resume_config(args: argparse.Namespace) -> TrainConfig:

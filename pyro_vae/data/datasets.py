@@ -5,10 +5,18 @@ run keeps of its data.
 
 - ``mnist`` (the default), ``fashion-mnist``, ``kmnist``: torchvision's own classes, read from
   (or downloaded into) ``DATA_DIR/MNIST/raw``, ``DATA_DIR/FashionMNIST/raw``,
-  ``DATA_DIR/KMNIST/raw``, with their official train/test split;
-- ``folder:PATH``: an image folder in ``ImageFolder`` layout (labels = subfolder names),
-  grayscale, resized to ``image_size`` x ``image_size`` when that is set;
-- ``tensor:FILE``: ``torch.save({"x": images, "y": labels})`` (``user_data.read_tensor_file``).
+  ``DATA_DIR/KMNIST/raw``, with their official train/test split; grayscale 28 x 28;
+- ``cifar10`` (``DATA_DIR/cifar-10-batches-py``), ``svhn`` (``DATA_DIR/SVHN``): RGB 32 x 32,
+  torchvision's classes and download; ``celeba`` (``DATA_DIR/celeba``, fed from a local
+  folder): RGB 64 x 64 crops of the aligned faces, unlabelled;
+- ``folder:PATH``: an image folder in ``ImageFolder`` layout (labels = subfolder names), its
+  channels kept (grayscale files: 1, colour files: 3) or made one with ``grayscale``, resized
+  to ``image_size`` x ``image_size`` when that is set;
+- ``tensor:FILE``: ``torch.save({"x": images, "y": labels})`` (``user_data.read_tensor_file``),
+  images [N, H, W] or [N, C, H, W].
+
+Images are (C, H, W): the record keeps ``image_shape`` [H, W] and ``channels`` C (1 for the
+records made before colour).
 
 The user's own data get their test set from ``test_dataset`` (another ``folder:``/``tensor:``),
 or else a fixed-seed split: the test set is the first round(N * test_fraction) images of
@@ -29,7 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_vae.data.torchvision_data import load_torchvision
+from pyro_vae.data.torchvision_data import (
+    load_celeba,
+    load_cifar10,
+    load_svhn,
+    load_torchvision,
+)
 from pyro_vae.data.user_data import Images, read_folder, read_tensor_file
 
 SPLIT_SEED = 0
@@ -42,13 +55,13 @@ LEGACY_RECORD = {"name": "mnist"}
 @dataclass(frozen=True)
 class DatasetKind:
     """One entry of the registry: a dataset with an official split (``official(root, train)``)
-    or the user's own images at a path (``read(path, image_size)``)."""
+    or the user's own images at a path (``read(path, image_size, grayscale)``)."""
 
     title: str
     official: Callable[[str | os.PathLike, bool], Images] | None = None
-    read: Callable[[str, int], Images] | None = None
+    read: Callable[[str, int, bool], Images] | None = None
     # Official datasets: known without reading a file (what the CLI needs to build the model).
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W)
     classes: Callable[[], tuple[str, ...]] | None = None
 
 
@@ -64,17 +77,41 @@ def _torchvision(folder: str, title: str) -> DatasetKind:
         x, y = load_torchvision(root, train, folder, title)
         return Images(x, y, classes())
 
-    return DatasetKind(title, official, image_shape=(28, 28), classes=classes)
+    return DatasetKind(title, official, image_shape=(1, 28, 28), classes=classes)
+
+
+# CIFAR-10's classes in its label order (batches.meta), known before the files are read.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+DIGITS = tuple(str(k) for k in range(10))
+
+
+def _cifar10(root: str | os.PathLike, train: bool) -> Images:
+    x, y, classes = load_cifar10(root, train)
+    return Images(x, y, classes)
+
+
+def _svhn(root: str | os.PathLike, train: bool) -> Images:
+    x, y = load_svhn(root, train)
+    return Images(x, y, DIGITS)
+
+
+def _celeba(root: str | os.PathLike, train: bool) -> Images:
+    return Images(load_celeba(root, train), None, ())
 
 
 DATASETS: dict[str, DatasetKind] = {
     "mnist": _torchvision("MNIST", "MNIST"),
     "fashion-mnist": _torchvision("FashionMNIST", "Fashion-MNIST"),
     "kmnist": _torchvision("KMNIST", "KMNIST"),
+    "cifar10": DatasetKind("CIFAR-10", _cifar10, None, (3, 32, 32), lambda: CIFAR10_CLASSES),
+    "svhn": DatasetKind("SVHN", _svhn, None, (3, 32, 32), lambda: DIGITS),
+    "celeba": DatasetKind("CelebA", _celeba, None, (3, 64, 64), lambda: ()),
     "folder": DatasetKind("image folder", read=read_folder),
     "tensor": DatasetKind("tensor file", read=read_tensor_file),
 }
-USAGE = "mnist, fashion-mnist, kmnist, folder:PATH or tensor:FILE"
+USAGE = "mnist, fashion-mnist, kmnist, cifar10, svhn, celeba, folder:PATH or tensor:FILE"
 
 
 def parse_dataset(name: str) -> tuple[str, DatasetKind, str]:
@@ -96,6 +133,8 @@ class DatasetSpec:
     dataset: str = "mnist"
     # folder: only; resize every image to S x S (0: keep; then all must share one size).
     image_size: int = 0
+    # folder: only; every image becomes one channel (else the files' channels are kept).
+    grayscale: bool = False
     # folder:/tensor: only; the test set ("" = a fixed-seed split of test_fraction).
     test_dataset: str = ""
     test_fraction: float = DEFAULT_TEST_FRACTION
@@ -116,16 +155,27 @@ def _as_spec(spec: str | DatasetSpec) -> DatasetSpec:
 class RawData:
     """A dataset's uint8 pixels, flattened, with labels; ``record`` says what it is."""
 
-    train_x: Tensor  # uint8 [N, D]
+    train_x: Tensor  # uint8 [N, D], D = C * H * W (channel by channel, row by row)
     train_y: Tensor  # int64 [N] (zeros when unlabelled)
     test_x: Tensor  # uint8 [M, D]
     test_y: Tensor  # int64 [M]
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, int, int]  # (C, H, W)
     record: dict
 
 
-def peek_dataset(spec: str | DatasetSpec, root: str | os.PathLike) -> tuple[tuple[int, int], tuple]:
-    """(image shape, class names) without reading an official dataset's files: what the CLI
+def record_image_shape(record: dict | None) -> tuple[int, int, int] | None:
+    """(C, H, W) of a dataset record; C = 1 for records made before colour; None for a
+    record without a shape (runs from before records: MNIST's (1, 28, 28))."""
+    shape = (record or {}).get("image_shape")
+    if not shape:
+        return None
+    return int(record.get("channels", 1)), int(shape[-2]), int(shape[-1])
+
+
+def peek_dataset(
+    spec: str | DatasetSpec, root: str | os.PathLike
+) -> tuple[tuple[int, int, int], tuple]:
+    """((C, H, W), class names) without reading an official dataset's files: what the CLI
     needs to build the model before training loads the data. A user's data are read."""
     spec = _as_spec(spec)
     _, kind, _ = parse_dataset(spec.dataset)
@@ -137,12 +187,15 @@ def peek_dataset(spec: str | DatasetSpec, root: str | os.PathLike) -> tuple[tupl
 
 def load_dataset(spec: str | DatasetSpec, root: str | os.PathLike) -> RawData:
     """The train and test images of ``spec`` (``root``: the folder of the official datasets),
-    uint8 [N, H*W], and its record: name, title, image shape, classes, split, sizes, and the
-    SHA-256 of the test set (pixels, labels, shape, class names)."""
+    uint8 [N, C*H*W], and its record: name, title, image shape, channels, classes, split,
+    sizes, and the SHA-256 of the test set (pixels, labels, shape, class names)."""
     spec = _as_spec(spec)
     key, kind, path = parse_dataset(spec.dataset)
     if spec.image_size and key != "folder":
         raise ValueError(f"--image-size resizes folder: datasets, not {spec.dataset}")
+    test_key = parse_dataset(spec.test_dataset)[0] if spec.test_dataset else ""
+    if spec.grayscale and "folder" not in (key, test_key):
+        raise ValueError(f"--grayscale converts folder: images, not {spec.dataset}")
     if not 0 < spec.test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {spec.test_fraction}")
     split: dict[str, Any]
@@ -154,12 +207,12 @@ def load_dataset(spec: str | DatasetSpec, root: str | os.PathLike) -> RawData:
         train, test = kind.official(root, True), kind.official(root, False)
         split = {"split": "official"}
     else:
-        train = kind.read(path, spec.image_size)
+        train = _read(kind, key, path, spec)
         if spec.test_dataset:
             test_key, test_kind, test_path = parse_dataset(spec.test_dataset)
             if test_kind.read is None:
                 raise ValueError(f"--test-dataset takes folder:PATH or tensor:FILE, not {test_key}")
-            test = _aligned(train, test_kind.read(test_path, spec.image_size), spec)
+            test = _aligned(train, _read(test_kind, test_key, test_path, spec), spec)
             split = {"split": "given", "test_dataset": spec.test_dataset}
         else:
             train, test = fixed_split(train, spec.test_fraction, spec.dataset)
@@ -169,8 +222,18 @@ def load_dataset(spec: str | DatasetSpec, root: str | os.PathLike) -> RawData:
         split["path"] = str(Path(path).resolve())
     if key == "folder":
         split["image_size"] = spec.image_size
+    if spec.grayscale:
+        split["grayscale"] = True
     title = kind.title if kind.official is not None else spec.dataset  # the user's own name
     return _flattened(spec.dataset, title, train, test, split)
+
+
+def _read(kind: DatasetKind, key: str, path: str, spec: DatasetSpec) -> Images:
+    """A user's images; --image-size and --grayscale go to folder: only (tensor: refuses a
+    size; an official test set refuses both earlier)."""
+    if key == "folder":
+        return kind.read(path, spec.image_size, spec.grayscale)
+    return kind.read(path, spec.image_size)
 
 
 def fixed_split(images: Images, fraction: float, name: str) -> tuple[Images, Images]:
@@ -191,6 +254,11 @@ def fixed_split(images: Images, fraction: float, name: str) -> tuple[Images, Ima
 def _aligned(train: Images, test: Images, spec: DatasetSpec) -> Images:
     """The test images with labels numbered as the training set's classes (by name)."""
     where = f"--test-dataset {spec.test_dataset}"
+    if test.image_shape[0] != train.image_shape[0]:
+        raise ValueError(
+            f"{where} has {_kind(test.image_shape)} images, {spec.dataset} "
+            f"{_kind(train.image_shape)}; give both the same channels (--grayscale for folders)"
+        )
     if test.image_shape != train.image_shape:
         raise ValueError(
             f"{where} has {_hw(test.image_shape)} images, {spec.dataset} {_hw(train.image_shape)}"
@@ -207,8 +275,15 @@ def _aligned(train: Images, test: Images, spec: DatasetSpec) -> Images:
     return Images(test.x, index[test.y] if len(test.y) else test.y, train.classes)
 
 
-def _hw(shape: tuple[int, int] | list[int]) -> str:
-    return f"{shape[0]}x{shape[1]}"
+def _hw(shape: tuple[int, ...] | list[int]) -> str:
+    """'28x28': the last two sizes (H, W) of a shape."""
+    return f"{shape[-2]}x{shape[-1]}"
+
+
+def _kind(shape: tuple[int, ...] | list[int]) -> str:
+    """'1-channel (grayscale)' or '3-channel (RGB)' for (C, H, W)."""
+    c = shape[0]
+    return f"{c}-channel{' (grayscale)' if c == 1 else ' (RGB)' if c == 3 else ''}"
 
 
 def _flattened(name: str, title: str, train: Images, test: Images, split: dict) -> RawData:
@@ -222,7 +297,8 @@ def _flattened(name: str, title: str, train: Images, test: Images, split: dict) 
     record = {
         "name": name,
         "title": title,
-        "image_shape": list(shape),
+        "image_shape": list(shape[1:]),  # [H, W], as records made before colour
+        "channels": shape[0],
         "num_classes": len(train.classes),
         "classes": list(train.classes),
         **split,
@@ -233,8 +309,12 @@ def _flattened(name: str, title: str, train: Images, test: Images, split: dict) 
     return RawData(train_x, train_y, test_x, test_y, shape, record)
 
 
-def hash_test_set(x: Tensor, y: Tensor, shape: tuple[int, int], classes: tuple[str, ...]) -> str:
-    """SHA-256 of a test set: its uint8 pixels [M, D], int64 labels [M], shape and classes."""
+def hash_test_set(x: Tensor, y: Tensor, shape: tuple[int, ...], classes: tuple[str, ...]) -> str:
+    """SHA-256 of a test set: its uint8 pixels [M, D], int64 labels [M], shape and classes.
+
+    ``shape`` (C, H, W); one channel hashes as (H, W), as before colour, so a grayscale test set
+    keeps the hash its runs recorded."""
+    shape = tuple(shape[1:]) if len(shape) == 3 and shape[0] == 1 else tuple(shape)
     h = hashlib.sha256(f"pyro-vae test set v1 {shape} {list(classes)}".encode())
     h.update(x.contiguous().numpy().tobytes())
     h.update(y.to(torch.int64).contiguous().numpy().tobytes())
@@ -242,13 +322,16 @@ def hash_test_set(x: Tensor, y: Tensor, shape: tuple[int, int], classes: tuple[s
 
 
 def describe(record: dict) -> str:
-    """'fashion-mnist (28x28, 10 classes; 60000 train / 10000 test, official split)'."""
+    """'fashion-mnist (28x28, 10 classes; 60000 train / 10000 test, official split)'; colour
+    data say so: 'cifar10 (32x32 RGB, ...)'."""
     if "image_shape" not in record:
         return record.get("name", "mnist")
     classes = f"{record['num_classes']} classes" if record["num_classes"] else "unlabelled"
+    channels = record.get("channels", 1)
+    colour = "" if channels == 1 else " RGB" if channels == 3 else f" {channels}-channel"
     return (
-        f"{record['name']} ({_hw(record['image_shape'])}, {classes}; {record['num_train']} train"
-        f" / {record['num_test']} test, {record['split']} split)"
+        f"{record['name']} ({_hw(record['image_shape'])}{colour}, {classes}; "
+        f"{record['num_train']} train / {record['num_test']} test, {record['split']} split)"
     )
 
 
@@ -323,19 +406,36 @@ def check_outside_data(
             )
 
 
-def check_run_data(x_dim: int, data: Any, checkpoint: dict | None = None) -> None:
-    """ValueError when a model of ``x_dim`` pixels cannot take ``data`` (an ``ImageData``), or
-    when a resumed run's ``checkpoint`` recorded another test set (the files changed)."""
+def check_run_data(config: Any, data: Any, checkpoint: dict | None = None) -> None:
+    """ValueError when a model of ``config`` (a VAEConfig) cannot take ``data`` (an
+    ``ImageData``), or when a resumed run's ``checkpoint`` recorded another test set (the
+    files changed). The channels first: a grayscale run given colour images says so."""
+    check_fits_data(config, data.dataset, data.image_shape)
     if checkpoint is not None:
         check_same_dataset(checkpoint.get("dataset"), data.dataset, "the run")
-    check_fits_data(x_dim, data.dataset, data.image_shape)
 
 
-def check_fits_data(x_dim: int, record: dict, image_shape: tuple[int, int]) -> None:
-    """ValueError when a model of ``x_dim`` pixels cannot take these images."""
-    if x_dim != image_shape[0] * image_shape[1]:
+def check_fits_data(config: Any, record: dict, image_shape: tuple[int, ...]) -> None:
+    """ValueError when a model of ``config`` (a VAEConfig: its images (C, H, W) and network)
+    cannot take images of ``image_shape`` (C, H, W): other channels, another number of
+    values, or (any network but the MLP, which takes any H x W of its number of values, as
+    before image shapes were recorded) another H x W."""
+    name = record.get("name", "the data")
+    model_shape = config.image_shape
+    (c, h, w), (dc, dh, dw) = model_shape, image_shape
+    if c != dc:
+        fix = "; pass --grayscale for a folder of colour images" if c == 1 and dc == 3 else ""
         raise ValueError(
-            f"the model takes {x_dim} pixels but {record.get('name', 'the data')} has "
-            f"{_hw(image_shape)} = {image_shape[0] * image_shape[1]}; build it with "
-            f"x_dim={image_shape[0] * image_shape[1]}"
+            f"the model takes {_kind(model_shape)} images but {name} has {_kind(image_shape)} "
+            f"images ({dh}x{dw}); use data of the run's kind, or train a model on these{fix}"
+        )
+    if c * h * w != dc * dh * dw:
+        raise ValueError(
+            f"the model takes {c * h * w} values per image ({_hw(model_shape)}) but {name} has "
+            f"{_hw(image_shape)} = {dc * dh * dw}; build it with image_shape={tuple(image_shape)}"
+        )
+    if config.network != "mlp" and (h, w) != (dh, dw):
+        raise ValueError(
+            f"the model's {config.network} network takes {_hw(model_shape)} images but {name} "
+            f"has {dh}x{dw}; build it with image_shape={tuple(image_shape)}"
         )

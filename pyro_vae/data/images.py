@@ -31,17 +31,22 @@ class ImageData:
     """Training images (uint8, binarized or dequantized per batch) and a fixed test set, on
     ``device``."""
 
-    train_x: Tensor  # uint8 [N, D], D = H * W
+    train_x: Tensor  # uint8 [N, D], D = C * H * W (channel by channel, row by row)
     train_y: Tensor  # int64 [N] (zeros for an unlabelled dataset)
     test_x: Tensor  # float [M, D], already in the likelihood's representation
     test_y: Tensor  # int64 [M]
     # How the pixels become data (pixels.to_pixels): dynamic, threshold, dequantize or none.
     data_mode: str
     likelihood: Likelihood
-    image_shape: tuple[int, int] = (28, 28)  # (H, W): how the figures draw a row of D pixels
+    # (C, H, W): how a row of D values is an image (C = 1 grayscale, 3 RGB); (H, W) means C = 1.
+    image_shape: tuple[int, ...] = (1, 28, 28)
     # What the data are (datasets.load_dataset's record): name, shape, classes, split, hash of
     # the test set. Runs store it; a run is scored only on the data it records.
     dataset: dict = field(default_factory=lambda: {"name": "mnist"})
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(v) for v in self.image_shape)
+        self.image_shape = (1, *shape) if len(shape) == 2 else shape
 
     @classmethod
     def load(

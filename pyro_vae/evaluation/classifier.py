@@ -68,28 +68,30 @@ def _after_convs(side: int) -> int:
 
 
 class DigitClassifier(nn.Module):
-    """conv5 -> pool -> conv5 -> pool -> MLP: x [B, H*W] (or [B, 1, H, W]) in [0, 1] ->
-    [B, num_classes] logits; MNIST's is 28 x 28 and 10 classes."""
+    """conv5 -> pool -> conv5 -> pool -> MLP: x [B, C*H*W] (or [B, C, H, W]) in [0, 1] ->
+    [B, num_classes] logits; MNIST's is 1 x 28 x 28 and 10 classes. ``image_shape`` (C, H, W),
+    or (H, W) for one channel."""
 
     def __init__(
         self,
         channels: tuple[int, int] = (8, 16),
         hidden: int = 64,
         num_classes: int = NUM_DIGITS,
-        image_shape: tuple[int, int] = (28, 28),
+        image_shape: tuple[int, ...] = (1, 28, 28),
     ) -> None:
         super().__init__()
-        if min(image_shape) < MIN_SIDE:
+        image_shape = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+        if min(image_shape[1:]) < MIN_SIDE:
             raise ValueError(
                 f"the label classifier needs images of at least {MIN_SIDE}x{MIN_SIDE}, got "
-                f"{image_shape[0]}x{image_shape[1]}; use --samples-per-class 0 to skip the check"
+                f"{image_shape[1]}x{image_shape[2]}; use --samples-per-class 0 to skip the check"
             )
         c1, c2 = channels
         self.num_classes = num_classes
-        self.image_shape = tuple(image_shape)
-        flat = c2 * _after_convs(image_shape[0]) * _after_convs(image_shape[1])
+        self.image_shape = image_shape
+        flat = c2 * _after_convs(image_shape[1]) * _after_convs(image_shape[2])
         self.net = nn.Sequential(
-            nn.Conv2d(1, c1, 5),  # 28 -> 24
+            nn.Conv2d(image_shape[0], c1, 5),  # 28 -> 24
             nn.ReLU(),
             nn.MaxPool2d(2),  # -> 12
             nn.Conv2d(c1, c2, 5),  # -> 8
@@ -102,7 +104,7 @@ class DigitClassifier(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.reshape(-1, 1, *self.image_shape))
+        return self.net(x.reshape(-1, *self.image_shape))
 
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:

@@ -1,9 +1,10 @@
 """Figures as functions that return a matplotlib ``Figure`` (object-oriented API, no pyplot).
 
-The caller decides where to save them. Images are [N, D] tensors (or arrays) in [0, 1],
-drawn dark on white (ink = 1), each of ``image_shape`` = (H, W) with H * W = D; without it a
-square side sqrt(D) is assumed (28 x 28 for MNIST's 784). These functions only draw; what to
-encode, decode or project is decided by ``pyro_vae.figures.run_figures``.
+The caller decides where to save them. Images are [N, D] tensors (or arrays) in [0, 1], each
+of ``image_shape`` = (C, H, W) with C * H * W = D, channel by channel ((H, W) means C = 1);
+without it a grayscale square of side sqrt(D) is assumed (28 x 28 for MNIST's 784). Grayscale
+images are drawn dark on white (ink = 1), RGB images (C = 3) in their colours. These functions
+only draw; what to encode, decode or project is decided by ``pyro_vae.figures.run_figures``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from matplotlib.ticker import MaxNLocator
 IMAGE_SIDE = 28  # MNIST's; other data give their own image_shape
 # Inches per digit: about 54 pixels a digit at the 120 dpi figures are saved with.
 CELL_INCHES = 0.45
-# Value of the gaps between digits: a light grey line under the "gray_r" colour map.
+# Value of the gaps between digits: a light grey line under the "gray_r" colour map (RGB
+# images get the same grey, 1 - GAP_VALUE).
 GAP_VALUE = 0.15
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -30,24 +32,37 @@ def _numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=float)
 
 
-def shape_of(num_pixels: int, image_shape: Sequence[int] | None = None) -> tuple[int, int]:
-    """(H, W) of images of ``num_pixels``: ``image_shape``, checked, or else a square."""
+def shape_of(num_pixels: int, image_shape: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of images of ``num_pixels`` values: ``image_shape`` ((C, H, W), or (H, W) for
+    one channel), checked, or else a grayscale square."""
     if image_shape is not None:
-        h, w = (int(v) for v in image_shape)
-        if h * w != num_pixels:
-            raise ValueError(f"image_shape {h}x{w} does not hold images of {num_pixels} pixels")
-        return h, w
+        shape = tuple(int(v) for v in image_shape)
+        c, h, w = (1, *shape) if len(shape) == 2 else shape
+        if c * h * w != num_pixels:
+            raise ValueError(
+                f"image_shape {'x'.join(map(str, shape))} does not hold images of "
+                f"{num_pixels} values"
+            )
+        if c not in (1, 3):
+            raise ValueError(f"images of {c} channels cannot be drawn; 1 (grayscale) or 3 (RGB)")
+        return c, h, w
     side = math.isqrt(num_pixels)
     if side * side != num_pixels:
         raise ValueError(f"images of {num_pixels} pixels are not square; pass image_shape=(H, W)")
-    return side, side
+    return 1, side, side
 
 
 def _as_images(x: ArrayLike, image_shape: Sequence[int] | None = None) -> np.ndarray:
-    """[..., D] -> [N, H, W]."""
+    """[..., D] -> [N, H, W] (grayscale) or [N, H, W, 3] (RGB, channels last for imshow)."""
     a = _numpy(x)
-    h, w = shape_of(a.shape[-1], image_shape)
-    return a.reshape(-1, h, w)
+    c, h, w = shape_of(a.shape[-1], image_shape)
+    imgs = a.reshape(-1, c, h, w)
+    return imgs[:, 0] if c == 1 else imgs.transpose(0, 2, 3, 1)
+
+
+def blank_value(canvas: np.ndarray) -> float:
+    """The value drawn white: 0 under the grayscale figures' "gray_r", 1 in an RGB canvas."""
+    return 1.0 if canvas.ndim == 3 else 0.0
 
 
 def tile(
@@ -57,11 +72,14 @@ def tile(
     pad_value: float = GAP_VALUE,
     image_shape: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """[N, H*W] -> one [rows*(H+pad) - pad, ncols*(W+pad) - pad] array, row by row."""
+    """[N, C*H*W] -> one [rows*(H+pad) - pad, ncols*(W+pad) - pad] array (with a last axis of
+    3 for RGB), row by row; RGB gaps are the grey 1 - ``pad_value``."""
     imgs = _as_images(images, image_shape)
-    h, w = imgs.shape[1:]
+    h, w = imgs.shape[1:3]
     nrows = -(-imgs.shape[0] // ncols)
-    canvas = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad), pad_value)
+    rgb = imgs.shape[3:]
+    fill = 1 - pad_value if rgb else pad_value
+    canvas = np.full((nrows * (h + pad) - pad, ncols * (w + pad) - pad, *rgb), fill)
     for i, img in enumerate(imgs):
         r, c = divmod(i, ncols)
         canvas[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
@@ -75,7 +93,10 @@ def _centres(n: int, pad: int, side: int = IMAGE_SIDE) -> list[float]:
 
 
 def _show(ax, canvas: np.ndarray) -> None:
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    if canvas.ndim == 3:  # RGB, as it is
+        ax.imshow(canvas.clip(0, 1), interpolation="nearest")
+    else:
+        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
 
 
 def digit_axes(
@@ -95,8 +116,9 @@ def digit_axes(
     The axes is placed by hand rather than by tight_layout: an image keeps its aspect, so a
     layout engine can squeeze the title or the column labels out of a wide, short figure.
     """
-    h, w = canvas.shape
-    inches_per_pixel = cell_inches / (max(image_shape or (IMAGE_SIDE,)) + 2)
+    h, w = canvas.shape[:2]
+    side = max(image_shape[-2:]) if image_shape else IMAGE_SIDE
+    inches_per_pixel = cell_inches / (side + 2)
     img_w, img_h = w * inches_per_pixel, h * inches_per_pixel
     fig_w, fig_h = max(img_w + left + right, min_width), img_h + top + bottom
     x0 = left + (fig_w - img_w - left - right) / 2  # centred when min_width wins
@@ -146,7 +168,7 @@ def reconstructions_figure(
     shape = shape_of(inter.shape[-1], image_shape)
     canvas = tile(inter, 2 * pairs_per_row, image_shape=shape)
     fig, ax = digit_axes(canvas, top=0.65, image_shape=shape)
-    ax.set_xticks(_centres(2 * pairs_per_row, 2, shape[1]))
+    ax.set_xticks(_centres(2 * pairs_per_row, 2, shape[-1]))
     ax.set_xticklabels([r"$x$", r"$\hat{x}$"] * pairs_per_row, fontsize=10)
     ax.xaxis.tick_top()
     ax.set_yticks([])
@@ -177,7 +199,7 @@ def class_grid_figure(
     shape = shape_of(_numpy(samples).shape[-1], image_shape)
     canvas = tile(samples, per_class, image_shape=shape)
     fig, ax = digit_axes(canvas, top=0.4, left=0.85, image_shape=shape)
-    ax.set_yticks(_centres(num_classes, 2, shape[0]))
+    ax.set_yticks(_centres(num_classes, 2, shape[-2]))
     ax.set_yticklabels([str(k) for k in range(num_classes)], fontsize=10)
     ax.set_ylabel("label y")
     ax.set_xticks([])
@@ -242,11 +264,12 @@ def _manifold_axes(
     image_shape: Sequence[int] | None = None,
 ) -> None:
     n1, n2 = len(z1), len(z2)
-    imgs = _as_images(images, image_shape)
-    h, w = imgs.shape[1:]
-    imgs = imgs.reshape(n2, n1, h * w)
+    a = _numpy(images)
+    shape = shape_of(a.shape[-1], image_shape)
+    h, w = shape[1:]
+    imgs = a.reshape(n2, n1, -1)
     # Row 0 of the canvas is the top: put the largest z2 there, as on a plot's y axis.
-    canvas = tile(imgs[::-1].reshape(n1 * n2, -1), n1, pad=0, image_shape=(h, w))
+    canvas = tile(imgs[::-1].reshape(n1 * n2, -1), n1, pad=0, image_shape=shape)
     _show(ax, canvas)
     _z_ticks(ax.xaxis, z1, _centres(n1, 0, w))
     _z_ticks(ax.yaxis, z2, _centres(n2, 0, h)[::-1])
@@ -356,18 +379,19 @@ def interpolation_figure(
     at z = (1 - t) z_start + t z_end for the K values ``ts``. One axes, one image.
     """
     s, p, e = _numpy(starts), _numpy(paths), _numpy(ends)
-    h, w = shape_of(s.shape[-1], image_shape)
+    shape = shape_of(s.shape[-1], image_shape)
+    h, w = shape[1:]
     num_rows, k = p.shape[0], p.shape[1]
     # A blank column between each test digit and the decoded path sets them apart.
     blank = np.zeros((num_rows, 1, s.shape[-1]))
     rows = np.concatenate([s[:, None], blank, p.reshape(num_rows, k, -1), blank, e[:, None]], 1)
     ncols = k + 4
-    canvas = tile(rows.reshape(num_rows * ncols, -1), ncols, image_shape=(h, w))
+    canvas = tile(rows.reshape(num_rows * ncols, -1), ncols, image_shape=shape)
     gap_cols = _centres(ncols, 2, w)
     for c in (1, ncols - 2):  # paint the blank columns white, gaps included
         lo = c * (w + 2) - 2
-        canvas[:, lo : lo + w + 4] = 0.0
-    fig, ax = digit_axes(canvas, top=0.4, bottom=0.5, image_shape=(h, w))
+        canvas[:, lo : lo + w + 4] = blank_value(canvas)
+    fig, ax = digit_axes(canvas, top=0.4, bottom=0.5, image_shape=shape)
     labels = ["start"] + [""] + [f"{t:.1f}" for t in ts] + [""] + ["end"]
     ax.set_xticks(gap_cols, labels, fontsize=8)
     ax.set_yticks([])

@@ -173,7 +173,7 @@ def make_figures(
     """Every figure that applies to this model, by file name (see ``FIGURES``)."""
     c = vae.config
     device = data.test_x.device
-    shape = data.image_shape  # every image drawn is the data's (H, W)
+    shape = data.image_shape  # every image drawn is the data's (C, H, W)
     vae.eval()
     figs: dict[str, Figure] = {}
     with seeded(FIGURE_SEED, device):
@@ -272,24 +272,28 @@ def write_run_figures(
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    palette = data.image_shape[0] == 1  # RGB images keep their colours
     for name, fig in make_figures(vae, data, metrics, **options).items():
         path = fig_dir / name
-        save_png(fig, path)
+        save_png(fig, path, palette=palette)
         written.append(path)
     return written
 
 
-def save_png(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> None:
-    """Saves ``fig`` as a compact PNG with a palette of at most 256 colours.
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = DPI, palette: bool = True) -> None:
+    """Saves ``fig`` as a compact PNG, with a palette of at most 256 colours (``palette``).
 
     Grey digit grids have at most 256 shades, so nothing is lost there; saved as RGBA they are
-    2-3 times larger. Readers still get RGB(A) pixels, as from any colour PNG.
+    2-3 times larger. Readers still get RGB(A) pixels, as from any colour PNG. Figures of RGB
+    images are saved as RGB (``palette=False``): a palette would band their colours.
     """
     canvas = FigureCanvasAgg(fig)
     fig.set_dpi(dpi)
     canvas.draw()
     rgb = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
-    image = Image.fromarray(rgb).quantize(256, dither=Image.Dither.NONE)
+    image = Image.fromarray(rgb)
+    if palette:
+        image = image.quantize(256, dither=Image.Dither.NONE)
     image.save(path, format="PNG", optimize=True)
 
 

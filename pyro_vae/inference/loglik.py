@@ -46,8 +46,10 @@ def auto_chunk_size(
 
 
 def sample_width(vae: VAE) -> int:
-    """The widest per-sample, per-image tensor: the decoder's output or a hidden layer."""
-    return max((vae.config.x_dim * vae.likelihood.params_per_pixel, *vae.config.hidden_dims))
+    """The widest per-sample, per-image tensor: the decoder's output or a layer's (the built-in
+    decoders say theirs as ``widest``; a user's decoder is taken at its output)."""
+    out = vae.config.x_dim * vae.likelihood.params_per_pixel
+    return max(out, getattr(vae.model.decoder, "widest", out))
 
 
 def log_weights_chunk(model: Callable, guide: Callable, *args, num_samples: int) -> Tensor:

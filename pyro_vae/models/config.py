@@ -8,6 +8,7 @@ form are stated here once; ``VAE.__init__`` and ``pyro-vae train`` take them fro
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,32 @@ class VAEConfig:
     """What is needed to rebuild a :class:`pyro_vae.VAE`. Every field must match a
     checkpoint's for its weights to load into the VAE (``runs.records.check_fits``)."""
 
-    # Set from the data by the CLI (H * W of the images), so not an option.
-    x_dim: int = setting(784, "pixels per image, H * W", cli=False)
+    # Set from the data by the CLI, so not options. x_dim None: C * H * W of image_shape, else
+    # 784; image_shape None: one channel, square (what runs recorded before it existed mean).
+    x_dim: int | None = setting(None, "values per image, C * H * W", cli=False)
+    image_shape: tuple[int, ...] | None = setting(
+        None, "(C, H, W) of the images: C = 1 grayscale, 3 RGB", cli=False
+    )
     z_dim: int = setting(50, "latent dimension", parse=POSITIVE)
     # One hidden layer of 400 and z_dim 50 are Pyro's own VAE example, so results compare.
     hidden_dims: tuple[int, ...] = setting(
         (400,), "the hidden layers' sizes, e.g. 400 or 200,200", parse=sizes
+    )
+    # mlp: Pyro's example (dense layers of hidden_dims); conv: the strided-conv encoder and
+    # transposed-conv decoder of Pythae's and AntixK's baselines (conv_channels). Names from
+    # networks.NETWORKS; "custom" when a user passed encoder and decoder modules.
+    network: str = setting(
+        "mlp",
+        "mlp: dense layers (--hidden-dims); conv: stride-2 convolutions (--conv-channels), "
+        "a linear head, and the mirrored transposed convolutions",
+        choices=registry_names("networks"),
+    )
+    # Kernel 4, stride 2, padding 1: each layer halves H and W (28 -> 14 -> 7 -> 3).
+    conv_channels: tuple[int, ...] = setting(
+        (32, 64, 128),
+        "conv: channels of the stride-2 convolutions, e.g. 32,64,128,256 (the decoder mirrors "
+        "them); hidden_dims is for mlp",
+        parse=sizes,
     )
     # Softplus is what Pyro's example uses; any name in networks.ACTIVATIONS works.
     activation: str = setting(
@@ -60,11 +81,19 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)
+        self.x_dim, self.image_shape = resolve_image_shape(self.x_dim, self.image_shape)
         check_settings(self)
+
+    @property
+    def channels(self) -> int:
+        """C: 1 for grayscale images, 3 for RGB."""
+        return self.image_shape[0]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["hidden_dims"] = list(self.hidden_dims)
+        for name in ("hidden_dims", "conv_channels", "image_shape"):
+            d[name] = list(d[name])
         return d
 
     @classmethod
@@ -78,3 +107,28 @@ def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(names)}")
     return dict(d)
+
+
+DEFAULT_X_DIM = 784  # MNIST's 28 x 28, the x_dim of a VAE given neither x_dim nor image_shape
+
+
+def resolve_image_shape(
+    x_dim: int | None, image_shape: tuple[int, ...] | list[int] | None
+) -> tuple[int, tuple[int, int, int]]:
+    """(x_dim, (C, H, W)) from either or both; ValueError when they disagree. Without a shape,
+    x_dim values are one channel, square when x_dim is a square (else one row)."""
+    if image_shape is not None:
+        shape = tuple(int(v) for v in image_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"image_shape must be (C, H, W) of positive sizes, got {image_shape}")
+        values = shape[0] * shape[1] * shape[2]
+        if x_dim is not None and x_dim != values:
+            raise ValueError(
+                f"x_dim {x_dim} does not match image_shape {shape} ({values} values); give one"
+            )
+        return values, shape  # type: ignore[return-value]
+    x_dim = DEFAULT_X_DIM if x_dim is None else int(x_dim)
+    if x_dim < 1:
+        raise ValueError(f"x_dim must be at least 1, got {x_dim}")
+    side = math.isqrt(x_dim)
+    return x_dim, ((1, side, side) if side * side == x_dim else (1, 1, x_dim))

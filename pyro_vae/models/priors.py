@@ -22,8 +22,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyro_vae.models.config import VAEConfig
-from pyro_vae.models.networks import Encoder
+from pyro_vae.models.config import VAEConfig, resolve_image_shape
 from pyro_vae.runtime.settings import publish_registry
 
 PriorLike = dist.Distribution | nn.Module | Callable[[Tensor | None], dist.Distribution]
@@ -58,7 +57,7 @@ class StandardNormalPrior(PyroModule):
         self.register_buffer("scale", torch.ones(z_dim))
 
     @classmethod
-    def from_config(cls, config: VAEConfig, encoder: Encoder) -> StandardNormalPrior:
+    def from_config(cls, config: VAEConfig, encoder: nn.Module) -> StandardNormalPrior:
         return cls(config.z_dim)
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
@@ -74,7 +73,7 @@ class LearnedNormalPrior(PyroModule):
         self.scale = PyroParam(torch.ones(z_dim), constraint=constraints.positive)
 
     @classmethod
-    def from_config(cls, config: VAEConfig, encoder: Encoder) -> LearnedNormalPrior:
+    def from_config(cls, config: VAEConfig, encoder: nn.Module) -> LearnedNormalPrior:
         return cls(config.z_dim)
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
@@ -92,7 +91,7 @@ class MixtureOfGaussiansPrior(PyroModule):
         self.logits = nn.Parameter(torch.zeros(num_components))
 
     @classmethod
-    def from_config(cls, config: VAEConfig, encoder: Encoder) -> MixtureOfGaussiansPrior:
+    def from_config(cls, config: VAEConfig, encoder: nn.Module) -> MixtureOfGaussiansPrior:
         return cls(config.z_dim, config.prior_components)
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
@@ -107,8 +106,18 @@ class VampPrior(PyroModule):
     to the guide alone. With labels, pseudo-input k carries the fixed label k mod num_classes.
     """
 
-    def __init__(self, encoder: Encoder, x_dim: int, num_components: int, num_classes: int) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        x_dim: int,
+        num_components: int,
+        num_classes: int,
+        image_shape: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
+        # The pseudo-inputs are flat [K, x_dim] (as checkpoints hold them); the encoder sees
+        # them as images.
+        self.image_shape = resolve_image_shape(x_dim, image_shape)[1]
         # Pseudo-inputs start near mid-grey, inside the data's range.
         self.pseudo_inputs = nn.Parameter(0.5 + 0.01 * torch.randn(num_components, x_dim))
         labels = torch.arange(num_components) % max(num_classes, 1)
@@ -119,12 +128,14 @@ class VampPrior(PyroModule):
         self._encoder = (encoder,)  # a tuple hides it from nn.Module registration
 
     @classmethod
-    def from_config(cls, config: VAEConfig, encoder: Encoder) -> VampPrior:
-        return cls(encoder, config.x_dim, config.prior_components, config.num_classes)
+    def from_config(cls, config: VAEConfig, encoder: nn.Module) -> VampPrior:
+        return cls(
+            encoder, config.x_dim, config.prior_components, config.num_classes, config.image_shape
+        )
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
         onehot = self.pseudo_onehot if self.pseudo_onehot.numel() else None
-        loc, scale = self._encoder[0](self.pseudo_inputs, onehot)
+        loc, scale = self._encoder[0](self.pseudo_inputs.unflatten(-1, self.image_shape), onehot)
         k = self.pseudo_inputs.shape[0]
         mix = dist.Categorical(logits=torch.zeros(k, device=loc.device, dtype=loc.dtype))
         return dist.MixtureSameFamily(mix, dist.Normal(loc, scale).to_event(1))
@@ -143,7 +154,7 @@ class ConditionalNormalPrior(PyroModule):
         self.scales = PyroParam(torch.ones(num_classes, z_dim), constraint=constraints.positive)
 
     @classmethod
-    def from_config(cls, config: VAEConfig, encoder: Encoder) -> ConditionalNormalPrior:
+    def from_config(cls, config: VAEConfig, encoder: nn.Module) -> ConditionalNormalPrior:
         return cls(config.z_dim, config.num_classes)
 
     def forward(self, y: Tensor | None = None) -> dist.Distribution:
@@ -216,7 +227,7 @@ PRIORS: dict[str, type[nn.Module]] = {
 publish_registry("priors", PRIORS)  # the choices of VAEConfig.prior
 
 
-def build_prior(prior: str | PriorLike, config: VAEConfig, encoder: Encoder) -> nn.Module:
+def build_prior(prior: str | PriorLike, config: VAEConfig, encoder: nn.Module) -> nn.Module:
     """The one place a prior name (or a user object) becomes a prior module."""
     if isinstance(prior, str):
         if prior not in PRIORS:

@@ -15,7 +15,12 @@ et al. 2017), and a KL warm-up is beta rising from near 0 to 1. The weight is a 
 traced step reads it as an input and it may change every step.
 
 The conditional VAE is the same model and guide built with ``num_classes > 0``: the one-hot
-label is appended to the encoder's and the decoder's input.
+label is appended to the encoder's and the decoder's input (for the conv network, to the dense
+layers: the encoder's head and the decoder's first layer).
+
+Images of shape (C, H, W) are D = C * H * W values, flat [B, D] in the model and the guide
+(the likelihood scores one event over all D); the encoder sees them as [B, C, H, W]
+(``networks.py`` states the contract every encoder and decoder keeps).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.custom_networks import custom_networks
 from pyro_vae.models.likelihoods import Likelihood, build_likelihood
-from pyro_vae.models.networks import Decoder, Encoder
+from pyro_vae.models.networks import build_networks
 from pyro_vae.models.priors import PriorLike, as_latent_event, build_prior
 
 # Default names of VAEs in Pyro's param store: vae_0, vae_1, ... (see VAE's ``name``).
@@ -89,11 +95,13 @@ def check_labels(
             raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
 
 
-def _flat_images(x: Tensor, x_dim: int) -> Tensor:
+def _flat_images(x: Tensor, config: VAEConfig) -> Tensor:
+    """x [B, D] or [B, C, H, W] -> [B, D]."""
     x = x.flatten(1) if x.dim() > 2 else x
-    if x.dim() != 2 or x.shape[-1] != x_dim:
+    if x.dim() != 2 or x.shape[-1] != config.x_dim:
         raise ValueError(
-            f"x must have shape [batch, {x_dim}] (or [batch, 1, 28, 28]), got {tuple(x.shape)}"
+            f"x must have shape [batch, {config.x_dim}] (or [batch, "
+            f"{', '.join(map(str, config.image_shape))}]), got {tuple(x.shape)}"
         )
     return x
 
@@ -136,7 +144,7 @@ class VAEModel(PyroModule):
 
     def __init__(
         self,
-        decoder: Decoder,
+        decoder: nn.Module,
         prior: nn.Module,
         likelihood: Likelihood,
         config: VAEConfig,
@@ -148,18 +156,19 @@ class VAEModel(PyroModule):
         self.likelihood = likelihood
         self.kl_weight = kl_weight or KLWeight()
         self.z_dim = config.z_dim
-        self.x_dim = config.x_dim
+        self.config = config
         self.num_classes = config.num_classes
 
     def forward(
         self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
     ) -> Tensor:
-        """x: [B, x_dim] or None; y: [B] labels or None; batch_size when both are None.
+        """x: [B, x_dim] (or [B, C, H, W]) or None; y: [B] labels or None; batch_size when
+        both are None.
 
         Returns the decoder's raw output [..., B, params_per_pixel * x_dim].
         """
         if x is not None:
-            x = _flat_images(x, self.x_dim)
+            x = _flat_images(x, self.config)
         n = x.shape[0] if x is not None else batch_size
         device = x.device if x is not None else _device_of(self.decoder)
         check_labels(y, self.num_classes, n, device)
@@ -180,26 +189,26 @@ class VAEModel(PyroModule):
 class VAEGuide(PyroModule):
     """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)). Call as ``guide(x, y)``."""
 
-    def __init__(self, encoder: Encoder, config: VAEConfig, kl_weight: KLWeight | None = None):
+    def __init__(self, encoder: nn.Module, config: VAEConfig, kl_weight: KLWeight | None = None):
         super().__init__()
         self.encoder = encoder
         # The model's weight, held by reference (a tuple hides it from registration), so the
         # two sites of "z" are scaled alike and the buffer belongs to the model alone.
         self._kl_weight = (kl_weight or KLWeight(),)
-        self.x_dim = config.x_dim
+        self.config = config
         self.num_classes = config.num_classes
 
     def forward(
         self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
     ) -> Tensor:
-        """x: [B, x_dim]; y: [B] labels or None. Returns z [..., B, z_dim]."""
+        """x: [B, x_dim] (or [B, C, H, W]); y: [B] labels or None. Returns z [..., B, z_dim]."""
         if x is None:
             raise ValueError("the guide q(z | x) needs images x")
-        x = _flat_images(x, self.x_dim)
+        x = _flat_images(x, self.config)
         check_labels(y, self.num_classes, x.shape[0], x.device)
         y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=self._kl_weight[0].value):
-            loc, scale = self.encoder(x, y_onehot)
+            loc, scale = self.encoder(x.unflatten(-1, self.config.image_shape), y_onehot)
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
@@ -216,6 +225,12 @@ class VAE(PyroModule):
     shape broadcasts to [z_dim], or a module/callable ``y -> distribution``. ``likelihood`` is
     a name from ``likelihoods.LIKELIHOODS`` or a callable ``decoder output -> distribution``.
     ``kl_weight`` is beta, the weight of the KL term (``vae.kl_weight`` reads and sets it).
+
+    ``network`` names the encoder and decoder (``networks.NETWORKS``: "mlp" of ``hidden_dims``,
+    "conv" of ``conv_channels``), for images of ``image_shape`` (C, H, W) (default: one channel,
+    square, of ``x_dim`` values). ``encoder`` and ``decoder`` (both or neither) are the user's
+    own ``nn.Module`` s instead, checked once here against the contract of
+    ``custom_networks.py``.
 
     Every VAE owns its parameters, whatever ``pyro.settings`` say. In Pyro's default mode the
     model and guide register them in the global param store under ``name`` + their attribute
@@ -235,17 +250,27 @@ class VAE(PyroModule):
         activation: str = VAEConfig.activation,
         prior: str | PriorLike = VAEConfig.prior,
         likelihood: str | Callable | Likelihood = VAEConfig.likelihood,
-        x_dim: int = VAEConfig.x_dim,
+        x_dim: int | None = VAEConfig.x_dim,
+        image_shape: tuple[int, ...] | None = VAEConfig.image_shape,
+        network: str = VAEConfig.network,
+        conv_channels: tuple[int, ...] = VAEConfig.conv_channels,
         prior_components: int = VAEConfig.prior_components,
         likelihood_scale: float | None = VAEConfig.likelihood_scale,
         kl_weight: float = DEFAULT_KL_WEIGHT,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=f"vae_{next(_VAE_NUMBERS)}" if name is None else name)
+        if (encoder is None) != (decoder is None):
+            raise ValueError("pass both encoder= and decoder= modules, or neither")
         self.config = VAEConfig(
             x_dim=x_dim,
+            image_shape=image_shape,
             z_dim=z_dim,
             hidden_dims=tuple(hidden_dims),
+            network=network if encoder is None else "custom",
+            conv_channels=tuple(conv_channels),
             activation=activation,
             num_classes=num_classes,
             prior=prior if isinstance(prior, str) else "custom",
@@ -255,10 +280,10 @@ class VAE(PyroModule):
         )
         c = self.config
         lik = build_likelihood(likelihood, c)
-        encoder = Encoder(c.x_dim, c.z_dim, c.hidden_dims, c.activation, c.num_classes)
-        decoder = Decoder(
-            c.z_dim, lik.params_per_pixel * c.x_dim, c.hidden_dims, c.activation, c.num_classes
-        )
+        if encoder is None:
+            encoder, decoder = build_networks(c, lik.params_per_pixel)
+        else:
+            encoder, decoder = custom_networks(encoder, decoder, c, lik.params_per_pixel)
         # The guide first: the order of parameters() (and of an optimizer's saved state).
         weight = KLWeight(kl_weight)
         self.guide = VAEGuide(encoder, c, weight)
@@ -267,10 +292,10 @@ class VAE(PyroModule):
     @classmethod
     def from_config(cls, config: VAEConfig, name: str | None = None) -> VAE:
         """The VAE a config describes; registry names only (``"custom"`` cannot be rebuilt)."""
-        if "custom" in (config.prior, config.likelihood):
+        if "custom" in (config.prior, config.likelihood, config.network):
             raise ValueError(
-                "a config with a custom prior or likelihood cannot rebuild it: build "
-                "VAE(prior=..., likelihood=...) with the same objects"
+                "a config with a custom prior, likelihood or network cannot rebuild it: build "
+                "VAE(prior=..., likelihood=..., encoder=..., decoder=...) with the same objects"
             )
         return cls(**config.to_dict(), name=name)
 
@@ -287,6 +312,9 @@ class VAE(PyroModule):
             if getattr(self.config, kind) == "custom":
                 describe = getattr(module, "describe", None)
                 out[kind] = describe() if callable(describe) else type(module).__name__
+        if self.config.network == "custom":
+            out["encoder"] = type(self.guide.encoder.net).__name__
+            out["decoder"] = type(self.model.decoder.net).__name__
         return out
 
     @property
@@ -309,9 +337,10 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Posterior loc and scale, each [B, z_dim]."""
-        x = _flat_images(x, self.config.x_dim)
-        return self.guide.encoder(x, self._onehot(y, x.shape[0]))
+        """Posterior loc and scale, each [B, z_dim]; x [B, x_dim] or [B, C, H, W]."""
+        x = _flat_images(x, self.config)
+        shaped = x.unflatten(-1, self.config.image_shape)
+        return self.guide.encoder(shaped, self._onehot(y, x.shape[0]))
 
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:

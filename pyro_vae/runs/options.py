@@ -190,10 +190,18 @@ class TrainConfig:
     # the default; the command line takes a size, so --image-size 0 is refused).
     image_size: int = setting(
         DatasetSpec.image_size,
-        "folder: resize every image to S x S, grayscale",
+        "folder: resize every image to S x S",
         parse=POSITIVE,
         valid=NONNEGATIVE.check,
         shown="keep the size",
+    )
+    # folder: only: every image one channel (PIL's luma). Off: a folder keeps its files'
+    # channels (grayscale files 1, colour files 3). Runs recorded before it existed on folder:
+    # data converted to grayscale, and keep doing so (LEGACY_DEFAULTS).
+    grayscale: bool = setting(
+        DatasetSpec.grayscale,
+        "folder: make every image one channel (ITU-R 601-2 luma); without it a folder keeps "
+        "its files' channels: grayscale files 1, colour files 3",
     )
     # folder:/tensor: only: the test set; "" = a fixed-seed split of test_fraction of the images.
     test_dataset: str = setting(
@@ -232,11 +240,28 @@ class TrainConfig:
                 value = d.pop(old)
                 if new is not None:
                     d.setdefault(new, value)
+        for name, value_for in LEGACY_DEFAULTS.items():
+            if name not in d:
+                value = value_for(d)
+                if value is not None:
+                    d[name] = value
         return cls(**_known_fields(cls, d))
 
 
 # Keys of train_configs recorded before: old name -> field (None: dropped, it was never read).
 LEGACY_KEYS: dict[str, str | None] = {"binarize": "data_mode", "extra": None}
+
+
+def _folder_was_grayscale(d: Mapping[str, Any]) -> bool | None:
+    """folder: made every image grayscale before --grayscale existed: a run recorded then on
+    folder: data (or a folder: test set) keeps its grayscale images. None: the field's default."""
+    names = (d.get("dataset") or "", d.get("test_dataset") or "")
+    return True if any(n.startswith("folder:") for n in names) else None
+
+
+# Fields recorded runs lack whose value for them is not the field's default: name -> the value
+# for a recorded dict (None: the default).
+LEGACY_DEFAULTS = {"grayscale": _folder_was_grayscale}
 
 # What a resumed run may change: the length of the run, where and how it runs, and what it
 # evaluates (--test-iw-samples). The rest (model, data, optimizer, objective, seed) is the run's.

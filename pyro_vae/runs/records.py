@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.data.datasets import DatasetSpec, check_fits_data, check_same_dataset
+from pyro_vae.data.datasets import (
+    DatasetSpec,
+    check_fits_data,
+    check_same_dataset,
+    record_image_shape,
+)
 from pyro_vae.data.images import ImageData
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.vae import VAE
@@ -126,10 +131,11 @@ def load_vae(
     saved = VAEConfig.from_dict(ckpt["vae_config"])
     objects = ckpt.get("objects", {})
     if vae is None:
-        if "custom" in (saved.prior, saved.likelihood):
+        if "custom" in (saved.prior, saved.likelihood, saved.network):
             raise CheckpointError(
                 f"{run_dir} was trained with a custom{_objects_hint(objects)}: rebuild that VAE in "
-                "Python and pass it, pyro_vae.load_vae(run_dir, vae=VAE(prior=..., likelihood=...))"
+                "Python and pass it, pyro_vae.load_vae(run_dir, vae=VAE(prior=..., likelihood=..., "
+                "encoder=..., decoder=...))"
             )
         vae = VAE.from_config(saved)
     else:
@@ -170,14 +176,14 @@ def load_run(
         test_subset=tc.test_subset if test_subset is None else test_subset,
         dataset=spec,
     )
+    # The channels first: a grayscale run given colour images says so, whatever the hash.
+    check_fits_data(vae.config, data.dataset, data.image_shape)
     if not allow_other_dataset:
         check_same_dataset(ckpt.get("dataset"), data.dataset, str(run_dir))
-    check_fits_data(vae.config.x_dim, data.dataset, data.image_shape)
     return vae, ckpt, data
 
 
-def run_image_shape(ckpt: dict) -> tuple[int, int] | None:
-    """The (H, W) of the images a run was trained on; None for a run from before datasets were
-    recorded (square images: 28 x 28 for MNIST)."""
-    shape = ckpt.get("dataset", {}).get("image_shape")
-    return (int(shape[0]), int(shape[1])) if shape else None
+def run_image_shape(ckpt: dict) -> tuple[int, int, int] | None:
+    """The (C, H, W) of the images a run was trained on (C = 1 for runs from before colour);
+    None for a run from before datasets were recorded (square images: 28 x 28 for MNIST)."""
+    return record_image_shape(ckpt.get("dataset"))

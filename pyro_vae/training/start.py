@@ -87,7 +87,7 @@ def _load_data(vae: VAE, config: TrainConfig, device: torch.device, ckpt: dict |
         test_subset=config.test_subset,
         dataset=DatasetSpec.of(config),
     )
-    check_run_data(vae.config.x_dim, data, ckpt)
+    check_run_data(vae.config, data, ckpt)
     # What Pyro's validation would check every step, checked once for the whole dataset (its
     # binarization draws come from a seeded block, not from the caller's generator).
     with seeded(config.seed, device):
@@ -102,6 +102,11 @@ def start_decoder_bias(vae: VAE, data: ImageData) -> None:
     mean pixel (clipped to [0.001, 0.999]), so the first steps do not spend themselves on it."""
     if vae.likelihood.params_per_pixel != 1:
         raise ValueError("decoder_bias 'data-mean' needs a likelihood with one output per pixel")
+    if vae.config.network != "mlp":
+        raise ValueError(
+            f"decoder_bias 'data-mean' sets the MLP's per-pixel output bias; the "
+            f"{vae.config.network} network has none (drop --decoder-bias, or use --network mlp)"
+        )
     mean = data.train_x.double().mean(0).div(255).clamp(0.001, 0.999)
     bias = vae.model.decoder.net[-1].bias
     with torch.no_grad():

@@ -54,13 +54,13 @@ class TensorBoardLog:
 
     @torch.no_grad()
     def _reconstructions(self, vae: VAE, data: ImageData) -> torch.Tensor:
-        """Originals (top row) above their reconstructions: [1, H, W] in [0, 1]."""
+        """Originals (top row) above their reconstructions: [C, H', W'] in [0, 1]."""
         x, y = data.test_x[: NUM_IMAGES // 2], data.test_y[: NUM_IMAGES // 2]
         recon = vae.reconstruct(x, y if vae.config.num_classes else None)
         return _grid(torch.cat([x, recon]), NUM_IMAGES // 2, data.image_shape)
 
     @torch.no_grad()
-    def _samples(self, vae: VAE, shape: tuple[int, int]) -> torch.Tensor:
+    def _samples(self, vae: VAE, shape: tuple[int, int, int]) -> torch.Tensor:
         device = next(vae.parameters()).device
         with seeded(IMAGE_SEED, device):
             if vae.config.num_classes:
@@ -72,12 +72,12 @@ class TensorBoardLog:
         self.writer.close()
 
 
-def _grid(images: torch.Tensor, ncols: int, shape: tuple[int, int]) -> torch.Tensor:
-    """[N, H*W] in [0, 1] -> one grey image [1, rows*H, ncols*W]."""
-    h, w = shape
+def _grid(images: torch.Tensor, ncols: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    """[N, C*H*W] in [0, 1] -> one image [C, rows*H, ncols*W] (grey for C = 1, RGB for 3)."""
+    c, h, w = shape
     n = images.shape[0]
     rows = -(-n // ncols)
-    padded = torch.zeros(rows * ncols, h * w, device=images.device)
+    padded = torch.zeros(rows * ncols, c * h * w, device=images.device)
     padded[:n] = images.clamp(0, 1)
-    tiles = padded.reshape(rows, ncols, h, w).permute(0, 2, 1, 3)
-    return tiles.reshape(1, rows * h, ncols * w).cpu()
+    tiles = padded.reshape(rows, ncols, c, h, w).permute(2, 0, 3, 1, 4)
+    return tiles.reshape(c, rows * h, ncols * w).cpu()
