@@ -180,6 +180,17 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         ["train", "--out", "RUN", "--resume", "--hidden-dims", "64,32"],
         "--hidden-dims 64,32 (VAEConfig.hidden_dims; the run has 16)",
     ),
+    (
+        "--resume with --latent-dims",
+        ["train", "--out", "RUN", "--resume", "--latent-dims", "6,2"],
+        "--latent-dims 6,2 (VAEConfig.latent_dims; the run has none)",
+    ),
+    ("--latent-dims 6,0", ["train", "--latent-dims", "6,0"], "expected positive sizes"),
+    (
+        "--z-dim not the top of --latent-dims",
+        ["train", "--z-dim", "3", "--latent-dims", "6,2"],
+        "z_dim 3 is not the top layer of latent_dims 6,2: the prior is over the last layer",
+    ),
     ("--resume, no run", ["train", "--out", "EMPTY", "--resume"], "no checkpoint at"),
     (
         "--resume while another run trains there",

@@ -64,6 +64,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VAEConfig, TrainConfig,
         overridden = sorted(k for k in merged if k in args.typed)
         values.update({k: v for k, v in merged.items() if k not in args.typed})
         record = {"name": args.preset, "set": merged, "overridden": overridden}
+    if "latent_dims" in args.typed and "z_dim" not in args.typed:
+        values["z_dim"] = None  # the top layer typed: z_dim follows it, not a preset's
     vae = VAEConfig(**{**{k: values[k] for k in VAE_OPTIONS}, **_fit_data(args, values)})
     train = TrainConfig(**{k: values[k] for k in TRAIN_OPTIONS})
     return vae, train, record

@@ -81,7 +81,20 @@ class ELBOTerms:
 
     @property
     def kl_kind(self) -> str:
-        return "analytic" if self.analytic_kl else "monte-carlo"
+        """ "analytic", "monte-carlo", or per site where they differ ("z2 analytic, z1
+        monte-carlo": stacked latents under MeanFieldELBO, the closed form only on top)."""
+        if self.analytic_kl:
+            return "analytic"
+        return describe_estimators(self.estimators) if self.estimators else "monte-carlo"
+
+
+def describe_estimators(estimators: dict[str, str]) -> str:
+    """The KL estimator of every latent site in a few words: the one kind when all sites share
+    it, else "site kind" per site in the model's order ("z2 analytic, z1 monte-carlo")."""
+    kinds = set(estimators.values())
+    if len(kinds) == 1:
+        return kinds.pop()
+    return ", ".join(f"{site} {kind}" for site, kind in estimators.items())
 
 
 def get_traces(

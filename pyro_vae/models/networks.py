@@ -76,6 +76,13 @@ class Encoder(PyroModule):
         return loc, F.softplus(raw_scale) + GUIDE_MIN_SCALE
 
 
+class LatentLayer(Encoder):
+    """One stochastic layer's Gaussian given the layer next to it: p(z_l | z_l+1) in the model,
+    q(z_l+1 | z_l) in the guide. z_in [..., B, in_dim] (and one-hot y [B, C]) -> loc, scale,
+    each [..., B, out_dim]; the encoder's two heads (a softplus scale above GUIDE_MIN_SCALE,
+    where the IWAE paper's authors take exp)."""
+
+
 class Decoder(PyroModule):
     """z [..., B, z_dim] (and one-hot y [B, C]) -> raw likelihood parameters [..., B, out_dim]."""
 

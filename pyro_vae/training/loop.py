@@ -194,6 +194,7 @@ def test_metrics(run: Run, epoch: int) -> dict:
     m = {
         "estimator": test["estimator"],
         "kl_kind": test["kl_kind"],
+        "kl_estimators": test["estimators"],  # latent site -> analytic or monte-carlo
         "test_neg_elbo": test["neg_elbo"],
         "test_recon": test["recon"],
         "test_kl": test["kl"],
