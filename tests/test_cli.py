@@ -231,6 +231,12 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         ["train", "--out", "CUT", "--resume"],
         "the file is damaged or is not a pyro-vae checkpoint (RuntimeError)",
     ),
+    (
+        "evaluate a run of your own Pyro model",
+        ["evaluate", "USERRUN"],
+        "USERRUN trained your own Pyro model 'ladder' (pyro_vae.UserModel), which only Python "
+        "can rebuild",
+    ),
     ("evaluate --num-samples -1", ["evaluate", "RUN", "--num-samples", "-1"], "at least 0"),
     ("evaluate --batch-size 0", ["evaluate", "RUN", "--batch-size", "0"], "at least 1"),
     ("sample --label on a VAE", ["sample", "RUN", "--label", "3"], "unconditional"),
@@ -326,6 +332,14 @@ def places(mnist_dir, tmp_path_factory) -> Iterator[dict[str, Path]]:
         + ["--no-progress"]
     )
     assert code == 0
+    user_run = root / "user-run"  # a run of the user's own model and guide (UserModel)
+    from test_user_model import ladder
+
+    from pyro_vae import TrainConfig, train
+
+    config = TrainConfig(data_dir=str(mnist_dir), out=str(user_run), epochs=1, device="cpu")
+    config.train_subset, config.test_subset = 200, 50
+    train(ladder(784), config, progress=False, log=lambda line: None)
     checkpoint = (run / "checkpoint.pt").read_bytes()
     foreign = io.BytesIO()
     torch.save({"model": fractions.Fraction(1, 3)}, foreign)  # not weights: refused unpickled
@@ -344,6 +358,7 @@ def places(mnist_dir, tmp_path_factory) -> Iterator[dict[str, Path]]:
         "TESTIMAGES": write_image_folder(root / "test-images", per_class=2, sizes=((28, 28),)),
         "LINK": root / "link",
         "IMAGERUN": image_run,
+        "USERRUN": user_run,
         "BUSY": busy,
         "FILE": root / "file",
         "EMPTY": root / "empty",

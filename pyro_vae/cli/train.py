@@ -13,6 +13,7 @@ from pyro_vae.models.config import VAEConfig
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.options import RESUME_FLAGS, TrainConfig, resume_settings
 from pyro_vae.runs.presets import preset_values
+from pyro_vae.runs.records import refuse_user_model_run
 from pyro_vae.runtime.settings import option_names
 
 # train's options: every option of the table (runtime.settings), in VAEConfig and TrainConfig.
@@ -89,6 +90,7 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     """The run's own training settings with the resumable options given; a one-line error for
     any other option typed with another value (``runs.options.resume_settings``)."""
     ckpt = load_checkpoint(args.out)
+    refuse_user_model_run(ckpt, args.out)
     changes = {
         k: getattr(args, k)
         for k in (*TRAIN_OPTIONS, *VAE_OPTIONS)
