@@ -1,7 +1,9 @@
 """Training-step throughput: pyro-vae's steps against a hand-written PyTorch VAE, in one process.
 
 Paths timed on the same device, same network and loss (``--z-dim``, ``--hidden-dims``,
-``--activation``; ``--cvae`` for the conditional VAE and a hand-written CVAE):
+``--activation``; ``--cvae`` for the conditional VAE and a hand-written CVAE; ``--latent-dims
+100,50`` for stacked stochastic layers against a hand-written 2-layer VAE,
+reference_vae.ReferenceStackedVAE):
   reference   hand-written PyTorch, eager (benchmarks/reference_vae.py), torch.optim.Adam
   ref-fused   the same with torch.optim.Adam(fused=True), the optimizer pyro-vae uses
   pyro-svi    classic pyro.infer.SVI + Trace_ELBO + pyro.optim.Adam on the project's model/guide
@@ -19,6 +21,8 @@ dynamic binarization (real MNIST with --data-dir, else random uint8 images of th
     python benchmarks/throughput.py                 # CPU: batch 128 and 256
     python benchmarks/throughput.py --cvae          # the conditional VAE against a hand-written one
     python benchmarks/throughput.py --device cuda   # GPU: batch 128, 256 and 1024
+    python benchmarks/throughput.py --latent-dims 100,50 --hidden-dims 200,200 --activation tanh
+                                                    # the IWAE paper's two layers
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_vae import ReferenceVAE, reference_step  # noqa: E402
+from reference_vae import ReferenceStackedVAE, ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE, TrainConfig  # noqa: E402
-from pyro_vae.data.images import ImageData, load_mnist  # noqa: E402
+from pyro_vae.data.images import ImageData  # noqa: E402
+from pyro_vae.data.torchvision_data import load_mnist  # noqa: E402
 from pyro_vae.inference.loglik import evaluate_log_likelihood  # noqa: E402
 from pyro_vae.inference.steps import build_step  # noqa: E402
 from pyro_vae.models.likelihoods import BernoulliLikelihood  # noqa: E402
@@ -52,12 +57,23 @@ def make_paths(
     device: torch.device, args: argparse.Namespace, lr: float = 1e-3
 ) -> dict[str, Callable[[torch.Tensor, torch.Tensor | None], object]]:
     """name -> step(x, y); each path owns a fresh model and optimizer."""
-    net = dict(z_dim=args.z_dim, hidden=args.hidden_dims, activation=args.activation)
     classes = 10 if args.cvae else 0
+
+    def reference() -> torch.nn.Module:
+        if args.latent_dims:
+            return ReferenceStackedVAE(
+                latent_dims=args.latent_dims,
+                hidden=args.hidden_dims,
+                latent_hidden=args.latent_hidden_dims,
+                activation=args.activation,
+            ).to(device)
+        net = dict(z_dim=args.z_dim, hidden=args.hidden_dims, activation=args.activation)
+        return ReferenceVAE(**net, num_classes=classes).to(device)
+
     # The reference as a user writes it (torch's default Adam), and with fused Adam as ours has.
-    ref = ReferenceVAE(**net, num_classes=classes).to(device)
+    ref = reference()
     ref_opt = torch.optim.Adam(ref.parameters(), lr=lr)
-    ref_fused = ReferenceVAE(**net, num_classes=classes).to(device)
+    ref_fused = reference()
     ref_fused_opt = torch.optim.Adam(ref_fused.parameters(), lr=lr, fused=True)
     paths: dict[str, Callable] = {
         "reference": lambda x, y: reference_step(ref, ref_opt, x, y),
@@ -65,11 +81,13 @@ def make_paths(
     }
 
     def vae() -> VAE:
+        layers = {"latent_dims": args.latent_dims, "latent_hidden_dims": args.latent_hidden_dims}
         return VAE(
-            z_dim=args.z_dim,
+            z_dim=None if args.latent_dims else args.z_dim,
             hidden_dims=args.hidden_dims,
             activation=args.activation,
             num_classes=classes,
+            **(layers if args.latent_dims else {}),
         ).to(device)
 
     # Classic SVI runs in Pyro's default mode; the project's steps in either (default here).
@@ -142,6 +160,10 @@ def main() -> None:
     p.add_argument("--cvae", action="store_true", help="the conditional VAE (10 labels)")
     p.add_argument("--z-dim", type=int, default=50)
     p.add_argument("--hidden-dims", type=_hidden, default=(400,), help="e.g. 400 or 200,200")
+    p.add_argument(
+        "--latent-dims", type=_hidden, default=(), help="stacked layers, e.g. 100,50 (no --cvae)"
+    )
+    p.add_argument("--latent-hidden-dims", type=_hidden, default=(100, 100))
     p.add_argument("--activation", default="softplus", choices=["softplus", "tanh", "relu"])
     p.add_argument("--epoch", action="store_true", help="also time one full epoch per path")
     p.add_argument("--data-dir", default=None, help="real MNIST for the epoch timing")
@@ -154,6 +176,8 @@ def main() -> None:
         "(10000 = the whole test set; an untrained model, since only the time matters)",
     )
     args = p.parse_args()
+    if args.latent_dims and args.cvae:
+        p.error("the hand-written stacked reference is unconditional: drop --cvae")
 
     device = resolve_device(args.device)
     if args.threads:
@@ -165,9 +189,8 @@ def main() -> None:
         if device.type == "cuda"
         else (f"CPU, {torch.get_num_threads()} threads")
     )
-    net = (
-        f"{'CVAE' if args.cvae else 'VAE'} 784-{'-'.join(map(str, args.hidden_dims))}-{args.z_dim}"
-    )
+    top = "-".join(map(str, args.latent_dims or (args.z_dim,)))
+    net = f"{'CVAE' if args.cvae else 'VAE'} 784-{'-'.join(map(str, args.hidden_dims))}-{top}"
     print(f"device: {name}; torch {torch.__version__}; pyro {pyro.__version__}; {net}")
     print(
         f"{'batch':>6} {'path':<10} {'ms/step':>9} {'images/s':>10} {'x reference':>12}"
