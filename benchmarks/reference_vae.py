@@ -5,7 +5,8 @@ The same networks as ``pyro_vae.VAE`` (encoder x[, one-hot y] -> hidden -> 2 x z
 softplus scale, decoder z[, one-hot y] -> hidden reversed -> Bernoulli logits; the activation
 between layers) and the same loss: the negative ELBO summed over the batch, with the Monte Carlo
 KL log q(z|x) - log p(z) at the reparametrized draw (Trace_ELBO semantics) or the closed-form
-Gaussian KL (TraceMeanField_ELBO semantics). No Pyro anywhere: what a user writes by hand.
+Gaussian KL (TraceMeanField_ELBO semantics). ``ReferenceStackedVAE``: the same for stacked
+stochastic layers. No Pyro anywhere: what a user writes by hand.
 """
 
 from __future__ import annotations
@@ -125,10 +126,64 @@ class ReferenceConvVAE(ReferenceVAE):
 
 
 def reference_step(
-    model: ReferenceVAE, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor | None = None
+    model: ReferenceVAE | ReferenceStackedVAE,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor | None = None,
 ) -> Tensor:
     optimizer.zero_grad(set_to_none=True)
     loss = model.loss(x, y)
     loss.backward()
     optimizer.step()
     return loss
+
+
+def _gaussian(net: nn.Module, h: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    loc, raw = net(h).split(size, dim=-1)
+    return loc, F.softplus(raw) + MIN_SCALE
+
+
+def _normal_log_prob(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * LOG_2PI).sum(-1)
+
+
+class ReferenceStackedVAE(nn.Module):
+    """Stacked stochastic layers by hand, as ``pyro_vae.VAE(latent_dims=...)`` builds them:
+    the guide bottom-up, q(z1 | x) then q(z_l+1 | z_l); the model top-down, z_L ~ N(0, I),
+    p(z_l | z_l+1), then p(x | z1); every Gaussian a softplus scale over MIN_SCALE. The loss is
+    the Monte Carlo ELBO (Trace_ELBO semantics) at one reparameterized draw per layer."""
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        latent_dims: tuple[int, ...] = (100, 50),
+        hidden: tuple[int, ...] = (200, 200),
+        latent_hidden: tuple[int, ...] = (100, 100),
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        self.latent_dims = latent_dims
+        pairs = list(zip(latent_dims[:-1], latent_dims[1:], strict=True))
+        self.encoder = _mlp([x_dim, *hidden, 2 * latent_dims[0]], activation)
+        self.up = nn.ModuleList(_mlp([lo, *latent_hidden, 2 * hi], activation) for lo, hi in pairs)
+        self.down = nn.ModuleList(
+            _mlp([hi, *reversed(latent_hidden), 2 * lo], activation) for lo, hi in pairs
+        )
+        self.decoder = _mlp([latent_dims[0], *reversed(hidden), x_dim], activation)
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        dims = self.latent_dims
+        loc, scale = _gaussian(self.encoder, x, dims[0])
+        zs = [loc + scale * torch.randn_like(loc)]
+        log_q = _normal_log_prob(zs[0], loc, scale)
+        for net, size in zip(self.up, dims[1:], strict=True):
+            loc, scale = _gaussian(net, zs[-1], size)
+            zs.append(loc + scale * torch.randn_like(loc))
+            log_q = log_q + _normal_log_prob(zs[-1], loc, scale)
+        log_p = (-0.5 * zs[-1].pow(2) - 0.5 * LOG_2PI).sum(-1)
+        for i in reversed(range(len(self.down))):
+            loc, scale = _gaussian(self.down[i], zs[i + 1], dims[i])
+            log_p = log_p + _normal_log_prob(zs[i], loc, scale)
+        logits = self.decoder(zs[0])
+        log_lik = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        return (log_q - log_p - log_lik).sum()

@@ -3,7 +3,8 @@
 Paths timed on the same device, same network and loss (``--z-dim``, ``--hidden-dims``,
 ``--activation``; ``--cvae`` for the conditional VAE and a hand-written CVAE; ``--network conv``
 for the conv network of ``--conv-channels`` on MNIST's 1 x 28 x 28, against a hand-written
-conv VAE with the same layers):
+conv VAE with the same layers; ``--latent-dims 100,50`` for stacked stochastic layers against a
+hand-written 2-layer VAE, reference_vae.ReferenceStackedVAE):
   reference   hand-written PyTorch, eager (benchmarks/reference_vae.py), torch.optim.Adam
   ref-fused   the same with torch.optim.Adam(fused=True), the optimizer pyro-vae uses
   pyro-svi    classic pyro.infer.SVI + Trace_ELBO + pyro.optim.Adam on the project's model/guide
@@ -22,6 +23,8 @@ dynamic binarization (real MNIST with --data-dir, else random uint8 images of th
     python benchmarks/throughput.py --cvae          # the conditional VAE against a hand-written one
     python benchmarks/throughput.py --device cuda   # GPU: batch 128, 256 and 1024
     python benchmarks/throughput.py --network conv  # the conv VAE against a hand-written one
+    python benchmarks/throughput.py --latent-dims 100,50 --hidden-dims 200,200 --activation tanh
+                                                    # the IWAE paper's two layers
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_vae import ReferenceConvVAE, ReferenceVAE, reference_step  # noqa: E402
+from reference_vae import ReferenceConvVAE, ReferenceStackedVAE, ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE, TrainConfig  # noqa: E402
 from pyro_vae.data.images import ImageData  # noqa: E402
@@ -57,16 +60,25 @@ def make_paths(
 ) -> dict[str, Callable[[torch.Tensor, torch.Tensor | None], object]]:
     """name -> step(x, y); each path owns a fresh model and optimizer."""
     classes = 10 if args.cvae else 0
-    if args.network == "conv":
-        net = dict(z_dim=args.z_dim, channels=args.conv_channels, activation=args.activation)
-        reference = ReferenceConvVAE
-    else:
+
+    def reference() -> torch.nn.Module:
+        if args.latent_dims:
+            return ReferenceStackedVAE(
+                latent_dims=args.latent_dims,
+                hidden=args.hidden_dims,
+                latent_hidden=args.latent_hidden_dims,
+                activation=args.activation,
+            ).to(device)
+        if args.network == "conv":
+            net = dict(z_dim=args.z_dim, channels=args.conv_channels, activation=args.activation)
+            return ReferenceConvVAE(**net, num_classes=classes).to(device)
         net = dict(z_dim=args.z_dim, hidden=args.hidden_dims, activation=args.activation)
-        reference = ReferenceVAE
+        return ReferenceVAE(**net, num_classes=classes).to(device)
+
     # The reference as a user writes it (torch's default Adam), and with fused Adam as ours has.
-    ref = reference(**net, num_classes=classes).to(device)
+    ref = reference()
     ref_opt = torch.optim.Adam(ref.parameters(), lr=lr)
-    ref_fused = reference(**net, num_classes=classes).to(device)
+    ref_fused = reference()
     ref_fused_opt = torch.optim.Adam(ref_fused.parameters(), lr=lr, fused=True)
     paths: dict[str, Callable] = {
         "reference": lambda x, y: reference_step(ref, ref_opt, x, y),
@@ -74,13 +86,15 @@ def make_paths(
     }
 
     def vae() -> VAE:
+        layers = {"latent_dims": args.latent_dims, "latent_hidden_dims": args.latent_hidden_dims}
         return VAE(
-            z_dim=args.z_dim,
+            z_dim=None if args.latent_dims else args.z_dim,
             hidden_dims=args.hidden_dims,
             network=args.network,
             conv_channels=args.conv_channels,
             activation=args.activation,
             num_classes=classes,
+            **(layers if args.latent_dims else {}),
         ).to(device)
 
     # Classic SVI runs in Pyro's default mode; the project's steps in either (default here).
@@ -155,6 +169,10 @@ def main() -> None:
     p.add_argument("--hidden-dims", type=_hidden, default=(400,), help="e.g. 400 or 200,200")
     p.add_argument("--network", choices=["mlp", "conv"], default="mlp")
     p.add_argument("--conv-channels", type=_hidden, default=(32, 64, 128), help="conv: e.g. 32,64")
+    p.add_argument(
+        "--latent-dims", type=_hidden, default=(), help="stacked layers, e.g. 100,50 (no --cvae)"
+    )
+    p.add_argument("--latent-hidden-dims", type=_hidden, default=(100, 100))
     p.add_argument("--activation", default="softplus", choices=["softplus", "tanh", "relu"])
     p.add_argument("--epoch", action="store_true", help="also time one full epoch per path")
     p.add_argument("--data-dir", default=None, help="real MNIST for the epoch timing")
@@ -167,6 +185,10 @@ def main() -> None:
         "(10000 = the whole test set; an untrained model, since only the time matters)",
     )
     args = p.parse_args()
+    if args.latent_dims and args.cvae:
+        p.error("the hand-written stacked reference is unconditional: drop --cvae")
+    if args.latent_dims and args.network == "conv":
+        p.error("the hand-written stacked reference is an MLP: drop --network conv")
 
     device = resolve_device(args.device)
     if args.threads:
@@ -179,9 +201,10 @@ def main() -> None:
         else (f"CPU, {torch.get_num_threads()} threads")
     )
     widths = args.conv_channels if args.network == "conv" else args.hidden_dims
+    top = "-".join(map(str, args.latent_dims or (args.z_dim,)))
     net = (
         f"{'CVAE' if args.cvae else 'VAE'} {args.network} 784-{'-'.join(map(str, widths))}"
-        f"-{args.z_dim}"
+        f"-{top}"
     )
     print(f"device: {name}; torch {torch.__version__}; pyro {pyro.__version__}; {net}")
     print(

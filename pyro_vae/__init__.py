@@ -1,4 +1,5 @@
-"""pyro-vae: the VAE and the conditional VAE as Pyro programs, fitted by SVI.
+"""pyro-vae: the VAE and the conditional VAE as Pyro programs, fitted by SVI (and your own
+Pyro model and guide, through ``UserModel``).
 
 The public names live here; the package is layered (lower layers never import higher ones):
 ``runtime`` < ``models`` < ``inference`` < ``data`` < ``runs`` < ``evaluation`` < ``figures``
@@ -13,6 +14,7 @@ from pyro_vae.inference.objectives import ELBOTerms, elbo_terms
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood
 from pyro_vae.models.priors import PRIORS
+from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE, VAEGuide, VAEModel
 from pyro_vae.runs.options import TrainConfig
 from pyro_vae.runs.records import load_run, load_vae
@@ -25,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "VAEModel",
     "VAEGuide",
+    "UserModel",
     "ELBOTerms",
     "elbo_terms",
     "evaluate_log_likelihood",

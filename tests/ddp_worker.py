@@ -19,12 +19,15 @@ NUM_IMAGES = 11  # an uneven global batch: shards of 6 and 5
 
 def tiny_vae(kind: str = "vae") -> VAE:
     """``vae``: N(0, I) and Bernoulli. ``cvae``: the conditional VAE with a learnable
-    label-conditioned prior and a Gaussian likelihood with a learned scale."""
+    label-conditioned prior and a Gaussian likelihood with a learned scale. ``stacked``: two
+    stochastic layers under a mixture prior."""
     torch.manual_seed(0)  # the same start on every rank (DDP would broadcast rank 0's anyway)
     if kind == "cvae":
         return VAE(
             z_dim=3, hidden_dims=(8,), num_classes=3, prior="conditional", likelihood="gaussian"
         )
+    if kind == "stacked":  # two stochastic layers, the learned prior on the top one
+        return VAE(latent_dims=(4, 3), hidden_dims=(8,), latent_hidden_dims=(5,), prior="mog")
     return VAE(z_dim=3, hidden_dims=(8,))
 
 
@@ -61,6 +64,14 @@ def run(rank: int, size: int, port: int, out: str) -> None:
         torch.manual_seed(noise_seed(rank))
         step(x, y)
         results[f"cvae-{kind}"] = _grads(vae)
+    # Stacked latents: DDP's and the traced step's gradients too.
+    for kind in ("eager", "fx"):
+        vae = tiny_vae("stacked")
+        sgd = torch.optim.SGD(vae.parameters(), lr=0.0)
+        step = build_step(vae, sgd, TrainConfig().objective(), kind, world)
+        torch.manual_seed(noise_seed(rank))
+        step(x, None)
+        results[f"stacked-{kind}"] = _grads(vae)
     # The gradient after DDP's backward, and the two ways to get it wrong (negative controls).
     for variant in ("ddp", "bypass", "no-scale"):
         vae = tiny_vae()

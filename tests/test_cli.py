@@ -180,6 +180,17 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         ["train", "--out", "RUN", "--resume", "--hidden-dims", "64,32"],
         "--hidden-dims 64,32 (VAEConfig.hidden_dims; the run has 16)",
     ),
+    (
+        "--resume with --latent-dims",
+        ["train", "--out", "RUN", "--resume", "--latent-dims", "6,2"],
+        "--latent-dims 6,2 (VAEConfig.latent_dims; the run has none)",
+    ),
+    ("--latent-dims 6,0", ["train", "--latent-dims", "6,0"], "expected positive sizes"),
+    (
+        "--z-dim not the top of --latent-dims",
+        ["train", "--z-dim", "3", "--latent-dims", "6,2"],
+        "z_dim 3 is not the top layer of latent_dims 6,2: the prior is over the last layer",
+    ),
     ("--resume, no run", ["train", "--out", "EMPTY", "--resume"], "no checkpoint at"),
     (
         "--resume while another run trains there",
@@ -219,6 +230,12 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         "--resume, truncated checkpoint",
         ["train", "--out", "CUT", "--resume"],
         "the file is damaged or is not a pyro-vae checkpoint (RuntimeError)",
+    ),
+    (
+        "evaluate a run of your own Pyro model",
+        ["evaluate", "USERRUN"],
+        "USERRUN trained your own Pyro model 'ladder' (pyro_vae.UserModel), which only Python "
+        "can rebuild",
     ),
     ("evaluate --num-samples -1", ["evaluate", "RUN", "--num-samples", "-1"], "at least 0"),
     ("evaluate --batch-size 0", ["evaluate", "RUN", "--batch-size", "0"], "at least 1"),
@@ -315,6 +332,14 @@ def places(mnist_dir, tmp_path_factory) -> Iterator[dict[str, Path]]:
         + ["--no-progress"]
     )
     assert code == 0
+    user_run = root / "user-run"  # a run of the user's own model and guide (UserModel)
+    from test_user_model import ladder
+
+    from pyro_vae import TrainConfig, train
+
+    config = TrainConfig(data_dir=str(mnist_dir), out=str(user_run), epochs=1, device="cpu")
+    config.train_subset, config.test_subset = 200, 50
+    train(ladder(784), config, progress=False, log=lambda line: None)
     checkpoint = (run / "checkpoint.pt").read_bytes()
     foreign = io.BytesIO()
     torch.save({"model": fractions.Fraction(1, 3)}, foreign)  # not weights: refused unpickled
@@ -333,6 +358,7 @@ def places(mnist_dir, tmp_path_factory) -> Iterator[dict[str, Path]]:
         "TESTIMAGES": write_image_folder(root / "test-images", per_class=2, sizes=((28, 28),)),
         "LINK": root / "link",
         "IMAGERUN": image_run,
+        "USERRUN": user_run,
         "BUSY": busy,
         "FILE": root / "file",
         "EMPTY": root / "empty",

@@ -2,7 +2,8 @@
 
 - Shards: disjoint, their union is the global batch, the same number of steps on every rank.
 - Gradients: after DDP's backward (or the traced step's all-reduce), each rank's gradient is
-  the single-process gradient of the union of the shards, on the same draws. Two variants
+  the single-process gradient of the union of the shards, on the same draws (the conditional
+  VAE and stacked latents too). Two variants
   fail that check: bypassing the DDP wrapper, and leaving out the world-size scale.
 - Parameters stay identical on every rank; ``torchrun ... -m pyro_vae train`` runs end to end,
   writes only rank 0's files, and a stopped run resumes to the uninterrupted run's weights.
@@ -101,6 +102,15 @@ def test_the_conditional_vae_with_learned_prior_and_likelihood_too(ranks, varian
     parameters get the single-process gradient like the networks' (DDP's and the traced step)."""
     expected = single_process_gradient("cvae")
     assert len(expected) > len(single_process_gradient("vae"))  # the learnable prior, the scale
+    for rank in range(WORLD):
+        assert equal_to_single_process(ranks[rank][variant], expected), (variant, rank)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("variant", ["stacked-eager", "stacked-fx"])
+def test_stacked_latents_get_the_single_process_gradient_too(ranks, variant):
+    expected = single_process_gradient("stacked")
+    assert len(expected) > len(single_process_gradient("vae"))  # the layers' networks
     for rank in range(WORLD):
         assert equal_to_single_process(ranks[rank][variant], expected), (variant, rank)
 

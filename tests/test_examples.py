@@ -28,6 +28,7 @@ EXAMPLES: dict[str, list[str]] = {
         "--combos normal:bernoulli,mog:continuous-bernoulli,normal:discretized-logistic"
     ).split(),
     "custom_prior.py": f"{TINY} --epochs 2 --test-subset 64 --z-dim 4 --num-samples 10".split(),
+    "own_model.py": f"{TINY} --test-subset 64 --test-iw-samples 10".split(),
     "compare_elbo.py": (
         f"{TINY} --test-subset 64 --eval-every 1 --z-dim 4 --hidden 32 --num-samples 10 "
         "--nll-subset 16 --repeats 2 --grad-repeats 2 --grad-batch 8 --ks 1,5 --iw-subset 8"
@@ -58,6 +59,23 @@ def test_example_runs(name, mnist_dir, tmp_path):
         check_swap_sections(proc.stdout)
     if name == "custom_prior.py":
         check_custom_prior(proc.stdout, out)
+    if name == "own_model.py":
+        check_own_model(out)
+
+
+def check_own_model(out: Path) -> None:
+    """The user's own model trained through the library: a checkpoint of its parameters (the
+    served pyro.param among them) and a finite test -ELBO and -L_10."""
+    import json
+    import math
+
+    import torch
+
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(row["test_neg_elbo"]) and math.isfinite(row["test_neg_L10"]), row
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["user_model"]["sites"] == ["content", "style"]
+    assert "params.style_scale" in ckpt["model"]
 
 
 def check_custom_prior(stdout: str, out: Path) -> None:

@@ -23,7 +23,7 @@ from pyro_vae.data.pixels import to_pixels
 from pyro_vae.inference.loglik import auto_chunk_size, iw_bound, log_weights, sample_width
 from pyro_vae.models.likelihoods import Likelihood
 from pyro_vae.models.priors import as_latent_event
-from pyro_vae.models.vae import VAE, labels_for
+from pyro_vae.models.vae import VAE, labels_for, require_vae
 
 # Core helpers the explorer needs, imported in one place (their modules may move).
 from pyro_vae.runtime.rng import seeded
@@ -176,7 +176,8 @@ class Explorer:
     """A trained VAE and its encoded test set, behind one lock (Pyro's handler stack and the
     seeded RNG are process-wide, so interactions from concurrent page events run one at a time).
 
-    ``vae``: any :class:`pyro_vae.VAE`, built under the Pyro settings it runs with; ``test_x``
+    ``vae``: any :class:`pyro_vae.VAE`, built under the Pyro settings it runs with (stacked
+    latents: the page moves through the top layer, ``VAE.encode``/``decode``); ``test_x``
     [M, C * H * W] in the model's data representation, ``test_y`` [M] labels, on the VAE's
     device. ``image_shape``: (C, H, W) (or (H, W): one channel), default the VAE's;
     ``data_mode``: how the run made its data
@@ -193,6 +194,7 @@ class Explorer:
         image_shape: tuple[int, ...] | None = None,
         data_mode: str | None = None,
     ) -> None:
+        require_vae(vae, "the explorer's pictures")
         if len(test_x) < 2:
             raise ValueError("the explorer needs at least 2 test images")
         self.vae = vae.eval()

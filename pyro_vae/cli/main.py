@@ -137,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from pyro_vae.data.datasets import describe as describe_dataset
     from pyro_vae.data.datasets import same_dataset
-    from pyro_vae.evaluation.active_units import active_units
+    from pyro_vae.evaluation.active_units import active_units, describe_active_units
     from pyro_vae.evaluation.elbo import evaluate_elbo
     from pyro_vae.inference.units import dataset_name, describe
     from pyro_vae.runs.records import write_text_atomic
@@ -178,8 +178,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "units": "nats per image",
         "elbo": results,
     }
-    # Active units (Burda et al. 2016): Var over the test images of E_q[z_u | x] > 0.01.
-    report["active_units"] = active_units(vae, data.test_batches(EVAL_BATCH))
+    # Active units (Burda et al. 2016), per layer: Var over the test images of E_q[z_u | x]
+    # > 0.01 (stacked layers draw the layers below from the guide: seeded like the ELBO).
+    with seeded(args.seed, device):
+        report["active_units"] = active_units(vae, data.test_batches(EVAL_BATCH))
     if args.num_samples:
         report["log_likelihood"] = _evaluate_nll(args, vae, data, device)
         report["log_likelihood"]["dataset"] = dataset_name(report["data"], source)
@@ -189,20 +191,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_text_atomic(Path(args.run_dir, "eval.json"), json.dumps(report, indent=2))
     print(f"dataset: {describe_dataset(data.dataset)}")
     print(f"test data: {describe(report['data'], num_dims, source)}")
+    # The KL column names the estimator per site where they differ (stacked latents: the
+    # closed form only on the top layer).
+    width = max(13, *(len(r["kl_kind"]) + 2 for r in results))
     print(
-        f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'recon':>9}{'KL term':>9}{'bits/dim':>10}"
-        "   (test, nats/image)"
+        f"{'estimator':<22}{'KL':<{width}}{'-ELBO':>9}{'recon':>9}{'KL term':>9}"
+        f"{'bits/dim':>10}   (test, nats/image)"
     )
     for r in results:
         print(
-            f"{r['estimator']:<22}{r['kl_kind']:<13}{r['neg_elbo']:>9.2f}{r['recon']:>9.2f}"
-            f"{r['kl']:>9.2f}{r['bits_per_dim']:>10.4f}"
+            f"{r['estimator']:<22}{r['kl_kind']:<{width}}{r['neg_elbo']:>9.2f}"
+            f"{r['recon']:>9.2f}{r['kl']:>9.2f}{r['bits_per_dim']:>10.4f}"
         )
-    au = report["active_units"]
-    print(
-        f"active units: {au['active']} of {au['num_units']} "
-        f"(Var_x E_q[z_u | x] > {au['threshold']:g} over {au['num_images']} test images)"
-    )
+    print(describe_active_units(report["active_units"]))
     if args.num_samples:
         ll = report["log_likelihood"]
         print(

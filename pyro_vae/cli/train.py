@@ -13,6 +13,7 @@ from pyro_vae.models.config import VAEConfig
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.options import RESUME_FLAGS, TrainConfig, resume_settings
 from pyro_vae.runs.presets import preset_values
+from pyro_vae.runs.records import refuse_user_model_run
 from pyro_vae.runtime.settings import option_names
 
 # train's options: every option of the table (runtime.settings), in VAEConfig and TrainConfig.
@@ -64,6 +65,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VAEConfig, TrainConfig,
         overridden = sorted(k for k in merged if k in args.typed)
         values.update({k: v for k, v in merged.items() if k not in args.typed})
         record = {"name": args.preset, "set": merged, "overridden": overridden}
+    if "latent_dims" in args.typed and "z_dim" not in args.typed:
+        values["z_dim"] = None  # the top layer typed: z_dim follows it, not a preset's
     vae = VAEConfig(**{**{k: values[k] for k in VAE_OPTIONS}, **_fit_data(args, values)})
     train = TrainConfig(**{k: values[k] for k in TRAIN_OPTIONS})
     return vae, train, record
@@ -87,6 +90,7 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     """The run's own training settings with the resumable options given; a one-line error for
     any other option typed with another value (``runs.options.resume_settings``)."""
     ckpt = load_checkpoint(args.out)
+    refuse_user_model_run(ckpt, args.out)
     changes = {
         k: getattr(args, k)
         for k in (*TRAIN_OPTIONS, *VAE_OPTIONS)

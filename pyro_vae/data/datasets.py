@@ -28,6 +28,7 @@ A new kind of dataset is one entry in ``DATASETS``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -421,7 +422,15 @@ def check_fits_data(config: Any, record: dict, image_shape: tuple[int, ...]) -> 
     values, or (any network but the MLP, which takes any H x W of its number of values, as
     before image shapes were recorded) another H x W."""
     name = record.get("name", "the data")
-    model_shape = config.image_shape
+    model_shape = getattr(config, "image_shape", None)
+    if model_shape is None:  # a user's model: its values per image, once it learned them
+        x_dim, d = getattr(config, "x_dim", None), math.prod(image_shape)
+        if x_dim is not None and x_dim != d:
+            raise ValueError(
+                f"the model takes {x_dim} values per image but {name} has "
+                f"{_hw(image_shape)} = {d}; train a model on these"
+            )
+        return
     (c, h, w), (dc, dh, dw) = model_shape, image_shape
     if c != dc:
         fix = "; pass --grayscale for a folder of colour images" if c == 1 and dc == 3 else ""

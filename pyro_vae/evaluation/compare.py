@@ -80,7 +80,8 @@ def gradient_variance(
 ) -> dict:
     """Noise of the gradient of the per-image -ELBO on one fixed minibatch x [B, x_dim].
 
-    For the encoder (guide) and the decoder parameters separately: the trace of the covariance
+    For the encoder (guide) and the decoder parameters (the generative networks: the decoder
+    and, for stacked latents, p(z_l | z_l+1)) separately: the trace of the covariance
     of ``repeats`` independent gradients (sum of per-coordinate variances) and the mean over
     coordinates of |mean| / std. Gradients come from ``torch.autograd.grad``, so the model's
     ``.grad`` fields are left alone.
@@ -89,7 +90,12 @@ def gradient_variance(
         raise ValueError(f"gradient variance needs at least 2 repeats, got {repeats}")
     groups = {
         "encoder": [p for p in vae.guide.parameters() if p.requires_grad],
-        "decoder": [p for p in vae.model.decoder.parameters() if p.requires_grad],
+        "decoder": [
+            p
+            for net in (vae.model.decoder, vae.model.layers)
+            for p in net.parameters()
+            if p.requires_grad
+        ],
     }
     params = groups["encoder"] + groups["decoder"]
     estimator = make_objective(elbo, num_particles)
@@ -185,7 +191,9 @@ def compare_estimators(
     for name in ELBOS:
         values = repeated_elbos(vae, x, y, name, repeats, batch_size)
         summary = elbo_summary(values)
-        summary["kl_kind"] = "analytic" if make_objective(name).analytic_kl else "monte-carlo"
+        with torch.no_grad():  # which KL each site took (stacked latents: analytic on top)
+            t = make_objective(name).terms(vae.model, vae.guide, x[:2], labels_for(vae, y[:2]))
+        summary["kl_kind"], summary["kl_estimators"] = t.kl_kind, t.estimators
         summary["neg_elbo_iw_subset"] = -values[:, :iw_subset].mean().item()
         summary["gradient"] = {
             str(p): gradient_variance(vae, xg, yg, name, p, grad_repeats) for p in particles
@@ -211,15 +219,16 @@ def format_table(result: dict) -> str:
     """The comparison as plain-text tables (what ``pyro-vae compare-elbo`` prints)."""
     p = result["protocol"]
     est = result["estimators"]
+    width = max(13, *(len(s["kl_kind"]) + 2 for s in est.values()))
     lines = [
         f"test -ELBO over {p['repeats']} evaluations of {p['num_images']} images, "
         "one particle (nats/image)",
-        f"{'estimator':<22}{'KL':<13}{'-ELBO':>9}{'std(evals)':>12}{'per-image var':>15}",
+        f"{'estimator':<22}{'KL':<{width}}{'-ELBO':>9}{'std(evals)':>12}{'per-image var':>15}",
     ]
     for name, s in est.items():
         lines.append(
-            f"{name:<22}{s['kl_kind']:<13}{s['neg_elbo']:>9.3f}{s['std_over_evals']:>12.4f}"
-            f"{s['per_image_var']:>15.3f}"
+            f"{name:<22}{s['kl_kind']:<{width}}{s['neg_elbo']:>9.3f}"
+            f"{s['std_over_evals']:>12.4f}{s['per_image_var']:>15.3f}"
         )
     lines += [
         "",

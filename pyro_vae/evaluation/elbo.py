@@ -10,6 +10,7 @@ from torch import Tensor
 
 from pyro_vae.inference.objectives import Objective, make_objective
 from pyro_vae.inference.units import data_label, in_units
+from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE, labels_for
 
 # The two ELBO estimators a test -ELBO can use (evaluate --elbo): names of the objectives.
@@ -18,7 +19,7 @@ ESTIMATORS = ("trace", "meanfield")
 
 @torch.no_grad()
 def evaluate_elbo(
-    vae: VAE,
+    vae: VAE | UserModel,
     batches: Iterable[tuple[Tensor, Tensor]],
     estimator: Objective | str = "trace",
     num_particles: int = 1,
@@ -40,13 +41,14 @@ def evaluate_elbo(
     """
     if isinstance(estimator, str):
         estimator = make_objective(estimator, num_particles)
-    kinds = set()
+    kinds, estimators = set(), {}
     sums = torch.zeros(3, dtype=torch.float64, device=next(vae.parameters()).device)
     for x, y in batches:
         t = estimator.terms(vae.model, vae.guide, x, labels_for(vae, y))
         count = torch.tensor(x.shape[0], device=sums.device)
         sums += torch.stack([-t.log_lik.sum(), t.kl.sum(), count]).double()
         kinds.add(t.kl_kind)
+        estimators = t.estimators
     if all_reduce is not None:
         all_reduce(sums)
     recon, kl, n = sums.tolist()
@@ -59,6 +61,7 @@ def evaluate_elbo(
         "recon": recon,
         "kl": kl,
         "kl_kind": kinds.pop() if len(kinds) == 1 else "mixed" if kinds else "unknown",
+        "estimators": estimators,  # latent site -> "analytic" or "monte-carlo"
         "num_images": n,
         "num_particles": estimator.num_particles,
         **in_units(recon + kl, vae.config.x_dim, data_label(data_mode, vae.likelihood)),

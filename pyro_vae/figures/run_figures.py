@@ -23,7 +23,7 @@ from pyro_vae.data.images import ImageData
 from pyro_vae.figures import plots
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.priors import as_latent_event
-from pyro_vae.models.vae import VAE, labels_for
+from pyro_vae.models.vae import VAE, labels_for, require_vae
 from pyro_vae.runs.records import load_run, read_metrics
 from pyro_vae.runtime.device import resolve_device
 from pyro_vae.runtime.rng import seeded
@@ -170,7 +170,10 @@ def make_figures(
     grid_extent: float = GRID_EXTENT,
     grid_size: int = GRID_SIZE,
 ) -> dict[str, Figure]:
-    """Every figure that applies to this model, by file name (see ``FIGURES``)."""
+    """Every figure that applies to this model, by file name (see ``FIGURES``). Stacked
+    latents: samples from the top prior down the layers, and the scatter, interpolation and
+    manifolds of the top layer (``VAE.encode``/``decode``)."""
+    require_vae(vae, "the figures")
     c = vae.config
     device = data.test_x.device
     shape = data.image_shape  # every image drawn is the data's (C, H, W)
@@ -198,7 +201,8 @@ def make_figures(
         figs["training_curves.png"] = plots.training_curves_figure(metrics)
 
     means = encode_means(vae, data)
-    q = "q(z | x, y)" if c.num_classes else "q(z | x)"
+    top = vae.sites[-1]  # "z", or the top of stacked latents (the layers below at their means)
+    q = f"q({top} | x, y)" if c.num_classes else f"q({top} | x)"
     if c.z_dim == 2:
         figs["latent_scatter.png"] = plots.latent_scatter_figure(
             means, data.test_y, title=f"Test set encoded: means of {q} ({len(means)} digits)"

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from pyro_vae.inference.objectives import walk
 from pyro_vae.inference.tracing import ReplayedForward
 from pyro_vae.inference.units import data_label, in_units
+from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE, labels_for
 
 SAMPLE_PLATE = "importance_samples"
@@ -45,11 +46,10 @@ def auto_chunk_size(
     return max(1, min(num_samples, budget // max(1, batch_size * width)))
 
 
-def sample_width(vae: VAE) -> int:
-    """The widest per-sample, per-image tensor: the decoder's output or a layer's (the built-in
-    decoders say theirs as ``widest``; a user's decoder is taken at its output)."""
-    out = vae.config.x_dim * vae.likelihood.params_per_pixel
-    return max(out, getattr(vae.model.decoder, "widest", out))
+def sample_width(vae: VAE | UserModel) -> int:
+    """The widest per-sample, per-image tensor of the model's traces (``vae.sample_width()``:
+    the decoder's output, a hidden or a latent layer)."""
+    return vae.sample_width()
 
 
 def log_weights_chunk(model: Callable, guide: Callable, *args, num_samples: int) -> Tensor:
@@ -119,7 +119,7 @@ class ChunkLogSumExp(nn.Module):
     """logsumexp over ``num_samples`` log-weights of each image, [B]: one chunk of
     :func:`log_marginal` as a module, so it can be traced and replayed (``tracing.py``)."""
 
-    def __init__(self, vae: VAE, num_samples: int) -> None:
+    def __init__(self, vae: VAE | UserModel, num_samples: int) -> None:
         super().__init__()
         self.vae = vae
         self.num_samples = num_samples
@@ -150,7 +150,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def evaluate_log_likelihood(
-    vae: VAE,
+    vae: VAE | UserModel,
     batches: Iterable[tuple[Tensor, Tensor]],
     num_samples: int = 5000,
     chunk_size: int | None = None,

@@ -81,7 +81,20 @@ class ELBOTerms:
 
     @property
     def kl_kind(self) -> str:
-        return "analytic" if self.analytic_kl else "monte-carlo"
+        """ "analytic", "monte-carlo", or per site where they differ ("z2 analytic, z1
+        monte-carlo": stacked latents under MeanFieldELBO, the closed form only on top)."""
+        if self.analytic_kl:
+            return "analytic"
+        return describe_estimators(self.estimators) if self.estimators else "monte-carlo"
+
+
+def describe_estimators(estimators: dict[str, str]) -> str:
+    """The KL estimator of every latent site in a few words: the one kind when all sites share
+    it, else "site kind" per site in the model's order ("z2 analytic, z1 monte-carlo")."""
+    kinds = set(estimators.values())
+    if len(kinds) == 1:
+        return kinds.pop()
+    return ", ".join(f"{site} {kind}" for site, kind in estimators.items())
 
 
 def get_traces(
@@ -123,7 +136,9 @@ def check_traces(
     """Raises ValueError where the per-image terms would be wrong; returns the batch size B.
 
     They need: every sample site inside one data plate at dim -1 (a global latent would be
-    counted once per image); every latent model site drawn by the guide; and, for a gradient
+    counted once per image); every latent model site drawn by the guide, with the model's
+    event shape (a layer of another size would broadcast into a wrong number), and no guide
+    site the model lacks (its log q would be left out); and, for a gradient
     (``need_rsample``), every guide draw reparameterized (there is no score-function term).
     """
     sites = _sample_sites(model_trace)
@@ -149,6 +164,12 @@ def check_traces(
                 "site needs a guide site of the same name"
             )
         fn = guide_trace.nodes[name]["fn"]
+        model_event, guide_event = tuple(site["fn"].event_shape), tuple(fn.event_shape)
+        if model_event != guide_event:
+            raise ValueError(
+                f"the guide draws {name!r} with event shape {guide_event} but the model's "
+                f"{name!r} has {model_event}: a latent layer must have one size in both"
+            )
         if need_rsample and not getattr(fn, "has_rsample", False):
             raise ValueError(
                 f"the guide's site {name!r} ({type(fn).__name__}) is not reparameterized: "
@@ -157,6 +178,14 @@ def check_traces(
             )
     if not any(not s["is_observed"] for s in sites):
         raise ValueError("the model has no latent site: there is no KL term to estimate")
+    latent = {s["name"] for s in sites if not s["is_observed"]}
+    for site in _sample_sites(guide_trace):
+        if site["name"] not in latent:
+            raise ValueError(
+                f"the guide's site {site['name']!r} is not a latent site of the model: its "
+                "log q would be left out of the bound; draw only the model's latents in the "
+                "guide, with the model's names"
+            )
     return batch
 
 

@@ -49,6 +49,7 @@ from pyro_vae.inference.step_graph import (
     user_frame,
 )
 from pyro_vae.inference.tracing import compile_graph
+from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE
 
 __all__ = ["UntraceableError"]  # raised by the traced steps; defined beside the graph
@@ -69,7 +70,7 @@ class ELBOLoss(nn.Module):
 
     def __init__(
         self,
-        vae: VAE,
+        vae: VAE | UserModel,
         objective: Objective | str = "trace",
         num_particles: int = 1,
         loss_scale: float = 1.0,
@@ -342,7 +343,7 @@ def resolve_step(
 
 
 def build_step(
-    vae: VAE,
+    vae: VAE | UserModel,
     optimizer: torch.optim.Optimizer,
     objective: Objective,
     kind: type[StepKind] | str,

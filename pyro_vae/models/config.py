@@ -23,6 +23,9 @@ from pyro_vae.runtime.settings import (
     sizes,
 )
 
+# One hidden layer of 400 and z_dim 50 are Pyro's own VAE example, so results compare.
+DEFAULT_Z_DIM = 50
+
 
 @dataclass
 class VAEConfig:
@@ -35,8 +38,31 @@ class VAEConfig:
     image_shape: tuple[int, ...] | None = setting(
         None, "(C, H, W) of the images: C = 1 grayscale, 3 RGB", cli=False
     )
-    z_dim: int = setting(50, "latent dimension", parse=POSITIVE)
-    # One hidden layer of 400 and z_dim 50 are Pyro's own VAE example, so results compare.
+    # The top latent layer, the one the prior is over (a one-layer VAE's only one). None: the
+    # last of latent_dims, or DEFAULT_Z_DIM for one layer; a config holds the resolved size.
+    z_dim: int | None = setting(
+        None,
+        "latent dimension (of the top layer when --latent-dims stacks several)",
+        parse=POSITIVE,
+        shown=f"{DEFAULT_Z_DIM}, or the last of --latent-dims",
+    )
+    # Stacked stochastic layers, z1 (next to x) first, e.g. (100, 50) as in the IWAE paper's
+    # second architecture: z_L ~ prior, z_l ~ p(z_l | z_l+1), x ~ p(x | z1). () = one layer of
+    # z_dim, stored as () so one layer has one record, whatever way it was asked for.
+    latent_dims: tuple[int, ...] = setting(
+        (),
+        "stacked stochastic layers z1,z2,..., z1 next to x, e.g. 100,50 (the IWAE paper's "
+        "two layers); the prior is over the last",
+        parse=sizes,
+        shown="one layer of --z-dim",
+    )
+    # The MLPs between two stochastic layers, p(z_l | z_l+1) and q(z_l+1 | z_l), as the IWAE
+    # paper's two-layer model has them (100, 100); unused by a one-layer VAE.
+    latent_hidden_dims: tuple[int, ...] = setting(
+        (100, 100),
+        "hidden layers between two stochastic layers (with --latent-dims)",
+        parse=sizes,
+    )
     hidden_dims: tuple[int, ...] = setting(
         (400,), "the hidden layers' sizes, e.g. 400 or 200,200", parse=sizes
     )
@@ -83,7 +109,32 @@ class VAEConfig:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
         self.x_dim, self.image_shape = resolve_image_shape(self.x_dim, self.image_shape)
+        self.latent_dims = tuple(int(h) for h in self.latent_dims)
+        self.latent_hidden_dims = tuple(int(h) for h in self.latent_hidden_dims)
         check_settings(self)
+        if self.latent_dims:
+            top = self.latent_dims[-1]
+            if self.z_dim is not None and self.z_dim != top:
+                raise ValueError(
+                    f"z_dim {self.z_dim} is not the top layer of latent_dims "
+                    f"{','.join(map(str, self.latent_dims))}: the prior is over the last "
+                    f"layer; drop z_dim or make it {top}"
+                )
+            self.z_dim = top
+        elif self.z_dim is None:
+            self.z_dim = DEFAULT_Z_DIM
+        if len(self.latent_dims) == 1:
+            self.latent_dims = ()  # one layer: the one record a one-layer VAE has
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Every stochastic layer's size, z1 (next to x) first: ``(z_dim,)`` for one layer."""
+        return self.latent_dims or (self.z_dim,)
+
+    @property
+    def stacked(self) -> bool:
+        """More than one stochastic layer (sites z1, z2, ...; one layer's site is "z")."""
+        return len(self.layers) > 1
 
     @property
     def channels(self) -> int:
@@ -92,8 +143,9 @@ class VAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for name in ("hidden_dims", "conv_channels", "image_shape"):
+        for name in ("hidden_dims", "conv_channels", "image_shape", "latent_dims"):
             d[name] = list(d[name])
+        d["latent_hidden_dims"] = list(d["latent_hidden_dims"])
         return d
 
     @classmethod

@@ -103,6 +103,8 @@ def check_networks(
     images ``config.image_shape`` and ``config.z_dim`` (see the module's contract); the
     modules are called as the VAE calls them (with the one-hot label when conditional)."""
     c, b, k = config, CHECK_BATCH, CHECK_PARTICLES
+    z1 = c.layers[0]  # the latent layer next to x: z_dim for one layer
+    zname = "z1's size" if c.stacked else "z_dim"
     label = f" and y_onehot [{b}, {c.num_classes}]" if c.num_classes else ""
     device, dtype = _device_dtype(encoder)
     y = torch.zeros(b, c.num_classes, device=device, dtype=dtype) if c.num_classes else None
@@ -110,17 +112,17 @@ def check_networks(
     what = f"x {list(x.shape)}{label}"
     out = _call(encoder, "encoder", what, x, y)
     pair = isinstance(out, tuple | list) and len(out) == 2 and all(map(torch.is_tensor, out))
-    if not pair or any(tuple(t.shape) != (b, c.z_dim) for t in out):
+    if not pair or any(tuple(t.shape) != (b, z1) for t in out):
         raise ValueError(
             f"the encoder returned {_shape(out)} for {what}; it must return (loc, scale), each "
-            f"[batch, z_dim] = [{b}, {c.z_dim}], for the images {_hw(c.image_shape)}"
+            f"[batch, {zname}] = [{b}, {z1}], for the images {_hw(c.image_shape)}"
         )
     device, dtype = _device_dtype(decoder)
     y = y.to(device, dtype) if y is not None else None
     width = params_per_pixel * c.x_dim
     keep = "; keep z's leading dims: fold them into the batch and restore them"
     for lead in ((), (k,)):
-        z = torch.zeros(*lead, b, c.z_dim, device=device, dtype=dtype)
+        z = torch.zeros(*lead, b, z1, device=device, dtype=dtype)
         what = f"z {list(z.shape)}{label}"
         out = _call(decoder, "decoder", what, z, y, hint=keep if lead else "")
         if not torch.is_tensor(out) or tuple(out.shape) != (*lead, b, width):

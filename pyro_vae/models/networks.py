@@ -105,6 +105,16 @@ class Encoder(PyroModule):
         return loc_and_scale(self.net(with_label(x.flatten(-3), y_onehot)), self.z_dim)
 
 
+class LatentLayer(Encoder):
+    """One stochastic layer's Gaussian given the layer next to it: p(z_l | z_l+1) in the model,
+    q(z_l+1 | z_l) in the guide. z_in [..., B, in_dim] (and one-hot y [B, C]) -> loc, scale,
+    each [..., B, out_dim]; the encoder's two heads (a softplus scale above GUIDE_MIN_SCALE,
+    where the IWAE paper's authors take exp)."""
+
+    def forward(self, z: Tensor, y_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return loc_and_scale(self.net(with_label(z, y_onehot)), self.z_dim)
+
+
 class Decoder(PyroModule):
     """The MLP: z [..., B, z_dim] (and one-hot y [B, K]) -> raw parameters [..., B, out_dim]."""
 
@@ -213,12 +223,13 @@ class ConvDecoder(PyroModule):
 
 
 def _mlp_networks(c: VAEConfig, out_dim: int, params_per_pixel: int) -> tuple[nn.Module, ...]:
-    encoder = Encoder(c.x_dim, c.z_dim, c.hidden_dims, c.activation, c.num_classes)
-    return encoder, Decoder(c.z_dim, out_dim, c.hidden_dims, c.activation, c.num_classes)
+    z1 = c.layers[0]  # the latent layer next to x: z itself for one layer
+    encoder = Encoder(c.x_dim, z1, c.hidden_dims, c.activation, c.num_classes)
+    return encoder, Decoder(z1, out_dim, c.hidden_dims, c.activation, c.num_classes)
 
 
 def _conv_networks(c: VAEConfig, out_dim: int, params_per_pixel: int) -> tuple[nn.Module, ...]:
-    args = (c.image_shape, c.z_dim, c.conv_channels, c.activation, c.num_classes)
+    args = (c.image_shape, c.layers[0], c.conv_channels, c.activation, c.num_classes)
     return ConvEncoder(*args), ConvDecoder(*args, params_per_pixel)
 
 

@@ -9,14 +9,22 @@ Guide::
 
     z_n ~ N(loc(x_n, y_n), diag(scale(x_n, y_n)^2))
 
-The latent site "z" of both sits inside ``poutine.scale(kl_weight)``: with a weight beta the
+Stacked latents (``latent_dims=(d_1, ..., d_L)``, the IWAE paper's second architecture) have
+sites z1 (next to x) ... zL (the prior's), all in the plate; the model runs top-down and the
+guide bottom-up, every Gaussian from an MLP of the layer before it (and of the label)::
+
+    model:  z_L ~ p(z_L | y);  z_l ~ N(loc, diag(scale^2)) = p(z_l | z_l+1, y), l = L-1 .. 1;
+            x ~ p(x | decoder(z_1, y))
+    guide:  z_1 ~ q(z_1 | x, y);  z_l+1 ~ q(z_l+1 | z_l, y), l = 1 .. L-1
+
+The latent sites of both sit inside ``poutine.scale(kl_weight)``: with a weight beta the
 ELBO of any Pyro objective becomes E_q[log p(x | z)] - beta KL(q || p), the beta-VAE (Higgins
 et al. 2017), and a KL warm-up is beta rising from near 0 to 1. The weight is a buffer, so a
 traced step reads it as an input and it may change every step.
 
 The conditional VAE is the same model and guide built with ``num_classes > 0``: the one-hot
-label is appended to the encoder's and the decoder's input (for the conv network, to the dense
-layers: the encoder's head and the decoder's first layer).
+label is appended to the input of every network (for the conv network, to the dense layers:
+the encoder's head and the decoder's first layer).
 
 Images of shape (C, H, W) are D = C * H * W values, flat [B, D] in the model and the guide
 (the likelihood scores one event over all D); the encoder sees them as [B, C, H, W]
@@ -40,7 +48,7 @@ from torch import Tensor, nn
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.custom_networks import custom_networks
 from pyro_vae.models.likelihoods import Likelihood, build_likelihood
-from pyro_vae.models.networks import build_networks
+from pyro_vae.models.networks import LatentLayer, build_networks
 from pyro_vae.models.priors import PriorLike, as_latent_event, build_prior
 
 # Default names of VAEs in Pyro's param store: vae_0, vae_1, ... (see VAE's ``name``).
@@ -111,6 +119,27 @@ def _device_of(module: nn.Module) -> torch.device | None:
     return p.device if p is not None else None
 
 
+def latent_sites(config: VAEConfig) -> list[str]:
+    """The latent sites, bottom (next to x) first: ["z"] for one layer, else z1, z2, ..."""
+    if not config.stacked:
+        return ["z"]
+    return [f"z{i}" for i in range(1, len(config.layers) + 1)]
+
+
+def _layer_nets(config: VAEConfig, downward: bool) -> nn.Module:
+    """The MLPs between stochastic layers: the guide's q(z_l+1 | z_l) (upward) or the model's
+    p(z_l | z_l+1) (downward, hidden sizes mirrored), one per pair, bottom pair first."""
+    c, dims = config, config.layers
+    hidden = tuple(reversed(c.latent_hidden_dims)) if downward else c.latent_hidden_dims
+    nets = [
+        LatentLayer(lower, upper, hidden, c.activation, c.num_classes)
+        if not downward
+        else LatentLayer(upper, lower, hidden, c.activation, c.num_classes)
+        for lower, upper in zip(dims[:-1], dims[1:], strict=True)
+    ]
+    return PyroModule[nn.ModuleList](nets)
+
+
 # beta of a VAE built without one: the plain ELBO (TrainConfig.kl_weight's default too).
 DEFAULT_KL_WEIGHT = 1.0
 
@@ -140,7 +169,8 @@ def _positive(value: float) -> float:
 
 
 class VAEModel(PyroModule):
-    """p(x, z | y): prior, decoder, likelihood. Call as ``model(x, y)``; x=None samples x."""
+    """p(x, z | y): prior, decoder, likelihood (and, for stacked latents, p(z_l | z_l+1) in
+    ``layers``, bottom pair first). Call as ``model(x, y)``; x=None samples x."""
 
     def __init__(
         self,
@@ -155,6 +185,9 @@ class VAEModel(PyroModule):
         self.prior = prior
         self.likelihood = likelihood
         self.kl_weight = kl_weight or KLWeight()
+        # Empty for one layer: no parameter, no state_dict key, the order of old checkpoints.
+        self.layers = _layer_nets(config, downward=True)
+        self.sites = latent_sites(config)
         self.z_dim = config.z_dim
         self.config = config
         self.num_classes = config.num_classes
@@ -180,14 +213,19 @@ class VAEModel(PyroModule):
         y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
         with pyro.plate("data", n):
             with poutine.scale(scale=self.kl_weight.value):
-                z = pyro.sample("z", as_latent_event(self.prior(y), self.z_dim))
+                z = pyro.sample(self.sites[-1], as_latent_event(self.prior(y), self.z_dim))
+                # Top-down: p(z_l | z_l+1) for l = L-1 .. 1 (none for one layer).
+                for site, layer in zip(self.sites[-2::-1], reversed(self.layers), strict=True):
+                    loc, scale = layer(z, y_onehot)
+                    z = pyro.sample(site, dist.Normal(loc, scale).to_event(1))
             out = self.decoder(z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
         return out
 
 
 class VAEGuide(PyroModule):
-    """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)). Call as ``guide(x, y)``."""
+    """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)); for stacked latents q(z_1 | x, y) and
+    then q(z_l+1 | z_l, y) from ``layers``, bottom pair first. Call as ``guide(x, y)``."""
 
     def __init__(self, encoder: nn.Module, config: VAEConfig, kl_weight: KLWeight | None = None):
         super().__init__()
@@ -196,12 +234,15 @@ class VAEGuide(PyroModule):
         # two sites of "z" are scaled alike and the buffer belongs to the model alone.
         self._kl_weight = (kl_weight or KLWeight(),)
         self.config = config
+        self.layers = _layer_nets(config, downward=False)  # empty for one layer
+        self.sites = latent_sites(config)
         self.num_classes = config.num_classes
 
     def forward(
         self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
     ) -> Tensor:
-        """x: [B, x_dim] (or [B, C, H, W]); y: [B] labels or None. Returns z [..., B, z_dim]."""
+        """x: [B, x_dim] (or [B, C, H, W]); y: [B] labels or None. Returns the top layer's z
+        [..., B, z_dim]."""
         if x is None:
             raise ValueError("the guide q(z | x) needs images x")
         x = _flat_images(x, self.config)
@@ -209,7 +250,29 @@ class VAEGuide(PyroModule):
         y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=self._kl_weight[0].value):
             loc, scale = self.encoder(x.unflatten(-1, self.config.image_shape), y_onehot)
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            z = pyro.sample(self.sites[0], dist.Normal(loc, scale).to_event(1))
+            # Bottom-up: q(z_l+1 | z_l) for l = 1 .. L-1 (none for one layer).
+            for site, layer in zip(self.sites[1:], self.layers, strict=True):
+                loc, scale = layer(z, y_onehot)
+                z = pyro.sample(site, dist.Normal(loc, scale).to_event(1))
+            return z
+
+    def posterior_means(
+        self, x: Tensor, y_onehot: Tensor | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """(loc, scale) of every layer, bottom first, each [..., B, d_l], each layer given the
+        one below at its mean: q(z_1 | x), q(z_2 | z_1 = loc_1), ... (no Pyro sites). x is
+        [B, x_dim] (flat) or [B, C, H, W]."""
+        shaped = x.unflatten(-1, self.config.image_shape) if x.dim() == 2 else x
+        out = [self.encoder(shaped, y_onehot)]
+        for layer in self.layers:
+            out.append(layer(out[-1][0], y_onehot))
+        return out
+
+    def top_loc_scale(self, x: Tensor, y_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The top layer's (loc, scale) with the layers below at their means; for one layer,
+        the encoder's. The VampPrior's components are this at its pseudo-inputs."""
+        return self.posterior_means(x, y_onehot)[-1]
 
 
 class VAE(PyroModule):
@@ -225,6 +288,12 @@ class VAE(PyroModule):
     shape broadcasts to [z_dim], or a module/callable ``y -> distribution``. ``likelihood`` is
     a name from ``likelihoods.LIKELIHOODS`` or a callable ``decoder output -> distribution``.
     ``kl_weight`` is beta, the weight of the KL term (``vae.kl_weight`` reads and sets it).
+
+    ``latent_dims=(100, 50)`` stacks stochastic layers z1 (100, next to x) and z2 (50, the
+    prior's); ``latent_hidden_dims`` are the MLPs between two layers. ``z_dim`` is the top
+    layer's size (it follows ``latent_dims``). The figures' methods (:meth:`encode`,
+    :meth:`decode`, :meth:`sample`) work on the top layer, the lower layers at their
+    conditional means; :meth:`reconstruct` decodes the bottom layer's posterior mean.
 
     ``network`` names the encoder and decoder (``networks.NETWORKS``: "mlp" of ``hidden_dims``,
     "conv" of ``conv_channels``), for images of ``image_shape`` (C, H, W) (default: one channel,
@@ -256,6 +325,8 @@ class VAE(PyroModule):
         conv_channels: tuple[int, ...] = VAEConfig.conv_channels,
         prior_components: int = VAEConfig.prior_components,
         likelihood_scale: float | None = VAEConfig.likelihood_scale,
+        latent_dims: tuple[int, ...] = VAEConfig.latent_dims,
+        latent_hidden_dims: tuple[int, ...] = VAEConfig.latent_hidden_dims,
         kl_weight: float = DEFAULT_KL_WEIGHT,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
@@ -268,6 +339,8 @@ class VAE(PyroModule):
             x_dim=x_dim,
             image_shape=image_shape,
             z_dim=z_dim,
+            latent_dims=tuple(latent_dims),
+            latent_hidden_dims=tuple(latent_hidden_dims),
             hidden_dims=tuple(hidden_dims),
             network=network if encoder is None else "custom",
             conv_channels=tuple(conv_channels),
@@ -287,7 +360,9 @@ class VAE(PyroModule):
         # The guide first: the order of parameters() (and of an optimizer's saved state).
         weight = KLWeight(kl_weight)
         self.guide = VAEGuide(encoder, c, weight)
-        self.model = VAEModel(decoder, build_prior(prior, c, encoder), lik, c, weight)
+        # The VampPrior's components come from the guide's way to the top layer.
+        top = self.guide.top_loc_scale if c.stacked else encoder
+        self.model = VAEModel(decoder, build_prior(prior, c, top), lik, c, weight)
 
     @classmethod
     def from_config(cls, config: VAEConfig, name: str | None = None) -> VAE:
@@ -335,35 +410,78 @@ class VAE(PyroModule):
         check_labels(y, self.config.num_classes, n, _device_of(self.model.decoder))
         return F.one_hot(y, self.config.num_classes).float() if y is not None else None
 
+    @property
+    def sites(self) -> list[str]:
+        """The latent sites, bottom first: ["z"], or ["z1", "z2", ...] for stacked latents."""
+        return self.model.sites
+
+    @torch.no_grad()
+    def encode_layers(self, x: Tensor, y: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Posterior loc and scale of every layer, bottom first, each [B, d_l], each layer
+        given the one below at its mean (:meth:`VAEGuide.posterior_means`)."""
+        x = _flat_images(x, self.config)
+        return self.guide.posterior_means(x, self._onehot(y, x.shape[0]))
+
     @torch.no_grad()
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Posterior loc and scale, each [B, z_dim]; x [B, x_dim] or [B, C, H, W]."""
-        x = _flat_images(x, self.config)
-        shaped = x.unflatten(-1, self.config.image_shape)
-        return self.guide.encoder(shaped, self._onehot(y, x.shape[0]))
+        """Posterior loc and scale of the top layer, each [B, z_dim]; x [B, x_dim] or
+        [B, C, H, W] (stacked latents: the layers below at their means)."""
+        return self.encode_layers(x, y)[-1]
 
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """Mean of p(x | z, y), [..., B, x_dim]: what the figures show."""
-        out = self.model.decoder(z, self._onehot(y, z.shape[-2]))
-        return self.likelihood(out).mean
+        """Mean of p(x | z, y) at a top-layer z [..., B, z_dim], [..., B, x_dim]: what the
+        figures show. Stacked latents go down the layers at their means, z_l = E[z_l | z_l+1]."""
+        y_onehot = self._onehot(y, z.shape[-2])
+        for layer in reversed(self.model.layers):
+            z, _ = layer(z, y_onehot)
+        return self._decode_bottom(z, y_onehot)
+
+    def _decode_bottom(self, z1: Tensor, y_onehot: Tensor | None) -> Tensor:
+        return self.likelihood(self.model.decoder(z1, y_onehot)).mean
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Decoder mean at the posterior mean, [B, x_dim]."""
-        loc, _ = self.encode(x, y)
-        return self.decode(loc, y)
+        """Decoder mean at the bottom layer's posterior mean, [B, x_dim] (for one layer, the
+        posterior mean of z)."""
+        loc, _ = self.encode_layers(x, y)[0]
+        return self._decode_bottom(loc, self._onehot(y, x.shape[0]))
 
     @torch.no_grad()
     def sample(self, num: int | None = None, y: Tensor | None = None) -> Tensor:
-        """Decoder means at z drawn from the prior: [num, x_dim] (num = len(y) if labels given)."""
+        """Decoder means at z drawn from the prior: [num, x_dim] (num = len(y) if labels given).
+        Stacked latents: z_L from the prior, then each z_l ~ p(z_l | z_l+1) down to z_1."""
         check_labels(y, self.config.num_classes, num, _device_of(self.model.decoder))
         n = y.shape[0] if y is not None else num
         if n is None:
             raise ValueError("give num (unconditional) or labels y (conditional)")
         prior = as_latent_event(self.model.prior(y), self.config.z_dim)
         z = prior.sample((n,) if not prior.batch_shape else ())
-        return self.decode(z, y)
+        y_onehot = self._onehot(y, n)
+        for layer in reversed(self.model.layers):  # stacked latents: z_l ~ p(z_l | z_l+1)
+            loc, scale = layer(z, y_onehot)
+            z = dist.Normal(loc, scale).sample()
+        return self._decode_bottom(z, y_onehot)
+
+    def sample_width(self) -> int:
+        """The widest per-sample, per-image tensor of a trace: the decoder's output, a hidden
+        layer or a latent layer (what the NLL sizes its chunks of samples by)."""
+        c = self.config
+        out = c.x_dim * self.likelihood.params_per_pixel
+        return max(
+            (out, getattr(self.model.decoder, "widest", out), *c.hidden_dims, *c.layers)
+            + (c.latent_hidden_dims if c.stacked else ())
+        )
+
+
+def require_vae(model: object, what: str) -> None:
+    """ValueError, one line, where ``what`` needs a VAE's own encoder, decoder and prior."""
+    if not isinstance(model, VAE):
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(
+            f"{what} need a pyro_vae.VAE (its encode, decode and sample); {name!r} is a "
+            f"{type(model).__name__}: train, the NLL and the metrics take it, these do not"
+        )
 
 
 def labels_for(vae: VAE, y: Tensor) -> Tensor | None:

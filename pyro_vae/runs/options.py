@@ -176,7 +176,8 @@ class TrainConfig:
     preset: str | None = setting(
         None,
         "a published protocol: sets its network, optimizer, schedule, batch and epochs "
-        "(iwae-paper: Burda et al. 2016, Table 1); options typed as well override it",
+        "(iwae-paper, iwae-paper-2layer: Burda et al. 2016, Table 1, one and two stochastic "
+        "layers); options typed as well override it",
         choices=lambda: sorted(PRESETS),
         shown="none",
     )

@@ -24,6 +24,7 @@ from pyro_vae.data.datasets import (
 )
 from pyro_vae.data.images import ImageData
 from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.runs.options import TrainConfig
@@ -90,12 +91,54 @@ def check_fits(vae: VAE, saved: VAEConfig, objects: dict | None = None) -> None:
         )
 
 
+def check_fits_user_model(model: object, ckpt: dict, where: str | os.PathLike) -> None:
+    """Raises CheckpointError unless a run and the model passed to resume it are both the
+    user's own (a :class:`UserModel`) with the same name and labels; the weights' names and
+    shapes are checked when they load (:func:`load_state`)."""
+    record = ckpt.get("user_model")
+    if record is None:
+        raise CheckpointError(
+            f"{where} trained a VAE, not your model {getattr(model, 'name', '')!r}; resume it "
+            "with the VAE it was built as (or None), or train your model into another --out"
+        )
+    if not isinstance(model, UserModel):
+        raise CheckpointError(
+            f"{where} trained your own Pyro model {record['name']!r}: rebuild it and pass it, "
+            "train(UserModel(model, guide, ...), config, resume=True)"
+        )
+    mine = model.config
+    diff = [
+        f"{key} {getattr(mine, key)!r} (run: {record[key]!r})"
+        for key in ("name", "num_classes", "data_kind")
+        if getattr(mine, key) != record[key]
+    ]
+    if diff:
+        raise CheckpointError(
+            f"the model passed is not the run's: {', '.join(diff)}; rebuild it as the run was"
+        )
+
+
+def refuse_user_model_run(ckpt: dict, where: str | os.PathLike) -> None:
+    """CheckpointError for a run of the user's own model where a VAE is needed (the command
+    line, the figures, the explorer): its model and guide are Python code, not settings."""
+    record = ckpt.get("user_model")
+    if record is not None:
+        raise CheckpointError(
+            f"{where} trained your own Pyro model {record['name']!r} (pyro_vae.UserModel), "
+            "which only Python can rebuild; figures, samples and the explorer need a "
+            "pyro_vae.VAE; resume or score it with train(UserModel(...), resume=True) and "
+            "pyro_vae.evaluate_log_likelihood"
+        )
+
+
 def _objects_hint(objects: dict | None) -> str:
     custom = {k: v for k, v in (objects or {}).items() if v}
     return "".join(f", {k} {v}" for k, v in custom.items())
 
 
-def load_state(vae: VAE, state: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+def load_state(
+    vae: VAE | UserModel, state: dict[str, torch.Tensor], where: str | os.PathLike
+) -> None:
     """``vae.load_state_dict(state)``, with a one-line error when the weights do not fit."""
     mine = vae.state_dict()
     missing = sorted(set(mine) - set(state))
@@ -111,9 +154,14 @@ def load_state(vae: VAE, state: dict[str, torch.Tensor], where: str | os.PathLik
             for label, v in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
             if v
         ]
+        fix = (
+            "build it with the same prior and likelihood objects as the run"
+            if isinstance(vae, VAE)
+            else "rebuild your model with the same modules and pyro.param statements"
+        )
         raise CheckpointError(
-            f"the weights in {where} do not fit the VAE passed ({'; '.join(parts)}); build it "
-            "with the same prior and likelihood objects as the run"
+            f"the weights in {where} do not fit the {type(vae).__name__} passed "
+            f"({'; '.join(parts)}); {fix}"
         )
     vae.load_state_dict(state)
 
@@ -128,6 +176,7 @@ def load_vae(
     run cannot be rebuilt, and the error says so.
     """
     ckpt = load_checkpoint(run_dir)
+    refuse_user_model_run(ckpt, run_dir)
     saved = VAEConfig.from_dict(ckpt["vae_config"])
     objects = ckpt.get("objects", {})
     if vae is None:

@@ -168,8 +168,10 @@ def check_settings(config: Any) -> None:
 
 
 def shown(value: object) -> str:
-    """A setting as it is typed on the command line (sizes as 512,256)."""
-    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+    """A setting as it is typed on the command line (sizes as 512,256; no sizes: none)."""
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) if value else "none"
+    return str(value)
 
 
 # Parse types. Each is an argparse type (its errors are argparse's one-line messages) with a

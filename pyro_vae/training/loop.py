@@ -23,6 +23,7 @@ from pyro_vae.evaluation.elbo import evaluate_elbo
 from pyro_vae.inference.loglik import evaluate_log_likelihood
 from pyro_vae.inference.steps import NonFiniteError, parameters_finite
 from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE, labels_for
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from pyro_vae.runs.lock import hold_run
@@ -48,7 +49,7 @@ IW_BATCH = 100
 
 
 def train(
-    vae: VAE | VAEConfig | None,
+    vae: VAE | VAEConfig | UserModel | None,
     config: TrainConfig,
     *,
     resume: bool = False,
@@ -62,7 +63,9 @@ def train(
 
     ``vae``: a built :class:`VAE`, with any prior and likelihood objects, trained in place (and
     moved to ``config.device``); or a :class:`VAEConfig` of registry names, built here from
-    ``config.seed``. With ``resume=True`` the run in ``config.out`` continues to
+    ``config.seed``; or your own Pyro model and guide as a :class:`UserModel` (trained in
+    place; its ``pyro.param`` statements found on a first batch; no figures, which need a
+    VAE's encoder and decoder). With ``resume=True`` the run in ``config.out`` continues to
     ``config.epochs``: pass the VAE rebuilt with the run's objects (or None for a run of
     registry names); ``config`` may change only the resumable settings (the check is
     ``runs.options.resume_settings``, the CLI's too).
@@ -91,7 +94,7 @@ def train(
             m = train_epoch(run, epoch, progress and world.is_main)
             m.update(test_metrics(run, epoch))
             save_epoch(run, m, log)
-        finish_run(run, write_figures)
+        finish_run(run, write_figures, log)
     return run.metrics
 
 
@@ -109,7 +112,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     per_epoch = data.num_batches(config.batch_size)
     first = (epoch - 1) * per_epoch  # the run's global step at this epoch's first batch
     warming = config.kl_warmup > first
-    vae.model.kl_weight.set(_kl_weight(run, first))
+    vae.kl_weight = _kl_weight(run, first)
     t0, traced_before = time.perf_counter(), getattr(step, "trace_seconds", 0.0)
     bar = tqdm(
         data.train_batches(
@@ -126,7 +129,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     full_batches = data.num_train // config.batch_size  # the rest is the last, smaller one
     for i, (x, y) in enumerate(bar):
         if warming and i:
-            vae.model.kl_weight.set(_kl_weight(run, first + i))  # in place: no host read
+            vae.kl_weight = _kl_weight(run, first + i)  # a fill_ in place: no host read
         try:
             # Every rank knows whether the global batch is full: they take the same path.
             values, flag = step(x, labels_for(vae, y), full=i < full_batches)
@@ -194,6 +197,7 @@ def test_metrics(run: Run, epoch: int) -> dict:
     m = {
         "estimator": test["estimator"],
         "kl_kind": test["kl_kind"],
+        "kl_estimators": test["estimators"],  # latent site -> analytic or monte-carlo
         "test_neg_elbo": test["neg_elbo"],
         "test_recon": test["recon"],
         "test_kl": test["kl"],
@@ -239,13 +243,16 @@ def save_epoch(run: Run, m: dict, log: Callable[[str], None]) -> None:
     run.metrics.append(m)
 
 
-def finish_run(run: Run, write_figures: bool) -> None:
+def finish_run(run: Run, write_figures: bool, log: Callable[[str], None] = print) -> None:
     if run.tensorboard is not None:
         run.tensorboard.close()
     if write_figures and run.world.is_main:
-        from pyro_vae.figures.run_figures import write_run_figures
+        if isinstance(run.vae, VAE):
+            from pyro_vae.figures.run_figures import write_run_figures
 
-        write_run_figures(run.vae, run.data, run.metrics, run.out / "figures")
+            write_run_figures(run.vae, run.data, run.metrics, run.out / "figures")
+        else:
+            log(f"note: no figures for {run.vae.name!r}: they need a VAE's encoder and decoder")
     run.world.barrier()
 
 

@@ -1,7 +1,8 @@
 """Opening a training run: a new one, or a checkpoint resumed exactly.
 
-``start_run`` turns what the caller gave (a VAE or its config, the settings, resume or not)
-into a :class:`Run`: the model on its device, the data (checked once against the likelihood),
+``start_run`` turns what the caller gave (a VAE or its config, or the user's own model and
+guide as a :class:`~pyro_vae.models.user_model.UserModel`; the settings, resume or not) into
+a :class:`Run`: the model on its device, the data (checked once against the likelihood),
 the objective, the optimizer and schedule (restored from the checkpoint when resuming), the
 step, the run directory's record and the epochs already done. The loop (``loop.py``) then
 only trains, scores and saves.
@@ -20,10 +21,18 @@ from pyro_vae.data.images import ImageData
 from pyro_vae.inference.objectives import Objective
 from pyro_vae.inference.steps import EagerStep, TracedStep, build_step, resolve_step
 from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pyro_vae.runs.options import TrainConfig, resume_settings
-from pyro_vae.runs.records import check_fits, load_state, read_metrics, write_config, write_metrics
+from pyro_vae.runs.records import (
+    check_fits,
+    check_fits_user_model,
+    load_state,
+    read_metrics,
+    write_config,
+    write_metrics,
+)
 from pyro_vae.runtime.device import resolve_device
 from pyro_vae.runtime.distributed import World
 from pyro_vae.runtime.rng import seeded
@@ -34,7 +43,7 @@ from pyro_vae.training.schedules import load_optimizer_state, make_optimizer, ma
 class Run:
     """A training run while it trains: what every epoch reads and updates."""
 
-    vae: VAE
+    vae: VAE | UserModel
     config: TrainConfig
     out: Path
     world: World
@@ -50,9 +59,12 @@ class Run:
     tensorboard: object | None = None  # training.tensorboard.TensorBoardLog
 
 
+Model = VAE | UserModel
+
+
 def _model_and_settings(
-    vae: VAE | VAEConfig | None, config: TrainConfig, out: Path, resume: bool
-) -> tuple[VAE | VAEConfig, TrainConfig, dict | None]:
+    vae: Model | VAEConfig | None, config: TrainConfig, out: Path, resume: bool
+) -> tuple[Model | VAEConfig, TrainConfig, dict | None]:
     """The model (or its config), the settings and the checkpoint (None for a new run)."""
     if not resume:
         if (out / CHECKPOINT_NAME).exists():
@@ -60,13 +72,24 @@ def _model_and_settings(
                 f"{out} already holds a run; pass --resume to continue it or choose another --out"
             )
         if vae is None:
-            raise ValueError("give the VAE (or a VAEConfig) to train; None is only for resume=True")
+            raise ValueError(
+                "give the VAE (or a VAEConfig, or a UserModel) to train; None is only for "
+                "resume=True"
+            )
+        if not isinstance(vae, VAE | VAEConfig | UserModel):
+            raise TypeError(
+                f"train takes a VAE, a VAEConfig or a UserModel, got {type(vae).__name__}; "
+                "wrap your own model and guide as pyro_vae.UserModel(model, guide)"
+            )
         return vae, config, None
     ckpt = load_checkpoint(out)
-    saved = VAEConfig.from_dict(ckpt["vae_config"])
     given = {name: getattr(config, name) for name in TrainConfig.__dataclass_fields__}
     config = resume_settings(TrainConfig.from_dict(ckpt["train_config"]), given)
     check_outside_data(out, DatasetSpec.of(config))
+    if "user_model" in ckpt or isinstance(vae, UserModel):
+        check_fits_user_model(vae, ckpt, out)
+        return vae, config, ckpt
+    saved = VAEConfig.from_dict(ckpt["vae_config"])
     if isinstance(vae, VAE):
         check_fits(vae, saved, ckpt.get("objects"))
     elif vae is not None and vae != saved:
@@ -77,7 +100,7 @@ def _model_and_settings(
     return vae if isinstance(vae, VAE) else saved, config, ckpt
 
 
-def _load_data(vae: VAE, config: TrainConfig, device: torch.device, ckpt: dict | None):
+def _load_data(vae: Model, config: TrainConfig, device: torch.device, ckpt: dict | None):
     data = ImageData.load(
         config.data_dir,
         vae.likelihood,
@@ -97,9 +120,14 @@ def _load_data(vae: VAE, config: TrainConfig, device: torch.device, ckpt: dict |
     return data
 
 
-def start_decoder_bias(vae: VAE, data: ImageData) -> None:
+def start_decoder_bias(vae: Model, data: ImageData) -> None:
     """The IWAE paper's start: the decoder's output bias at the logit of the training set's
     mean pixel (clipped to [0.001, 0.999]), so the first steps do not spend themselves on it."""
+    if not isinstance(vae, VAE):
+        raise ValueError(
+            f"decoder_bias 'data-mean' sets a VAE's decoder; {vae.name!r} is your own model "
+            "(initialize it yourself and drop --decoder-bias)"
+        )
     if vae.likelihood.params_per_pixel != 1:
         raise ValueError("decoder_bias 'data-mean' needs a likelihood with one output per pixel")
     if vae.config.network != "mlp":
@@ -138,10 +166,11 @@ def _restore(run: Run, ckpt: dict, log: Callable[[str], None]) -> None:
 def _write_new_run(run: Run, preset: dict | None) -> None:
     if run.world.is_main:
         r = run.record
+        model = {"vae": r["vae_config"]} if "vae_config" in r else {"user_model": r["user_model"]}
         write_config(
             run.out,
             {
-                "vae": r["vae_config"],
+                **model,
                 "train": r["train_config"],
                 "objects": r["objects"],
                 **({"preset": preset} if preset else {}),
@@ -152,7 +181,7 @@ def _write_new_run(run: Run, preset: dict | None) -> None:
 
 
 def start_run(
-    vae: VAE | VAEConfig | None,
+    vae: Model | VAEConfig | None,
     config: TrainConfig,
     out: Path,
     world: World,
@@ -173,11 +202,17 @@ def start_run(
     total_steps = data.num_batches(config.batch_size) * config.epochs
     kind = resolve_step(config.step, device, total_steps, world.size)
     vae.to(device)
+    if isinstance(vae, UserModel):
+        # Its pyro.param statements become parameters before the optimizer is made (and
+        # before a checkpoint's weights load into them), on the device.
+        n = min(config.batch_size, len(data.test_x))
+        vae.setup(data.test_x[:n], data.test_y[:n]).to(device)
     if ckpt is None and config.decoder_bias == "data-mean":
         start_decoder_bias(vae, data)
     optimizer = make_optimizer(vae, config, capturable=kind.capturable_optimizer)
+    which = "user_model" if isinstance(vae, UserModel) else "vae_config"
     record = {
-        "vae_config": vae.config.to_dict(),
+        which: vae.config.to_dict(),
         "train_config": config.to_dict(),
         "objects": vae.custom_objects(),
         "world_size": world.size,

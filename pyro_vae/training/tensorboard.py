@@ -47,7 +47,8 @@ class TensorBoardLog:
             split, _, name = key.partition("_")
             tag = f"{split}/{name}" if split in ("train", "test") else f"run/{key}"
             self.writer.add_scalar(tag, value, epoch)
-        if epoch == 1 or epoch % IMAGE_EVERY == 0:
+        # Image grids need a VAE's reconstruct and sample (a UserModel logs scalars only).
+        if isinstance(vae, VAE) and (epoch == 1 or epoch % IMAGE_EVERY == 0):
             self.writer.add_image("images/reconstructions", self._reconstructions(vae, data), epoch)
             self.writer.add_image("images/samples", self._samples(vae, data.image_shape), epoch)
         self.writer.flush()
