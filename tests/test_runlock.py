@@ -206,7 +206,7 @@ def test_the_other_ranks_stop_when_rank_zero_cannot_lock(told, mnist_dir, tmp_pa
             outcome = {}
             for _ in range(2):
                 try:
-                    outcome.update([results.get(timeout=60 if told == "broadcast" else 45)])
+                    outcome.update([results.get(timeout=60 if told == "broadcast" else 30)])
                 except queue.Empty:  # not told, rank 1 may hang in that collective instead
                     if told == "broadcast":
                         raise
@@ -274,11 +274,21 @@ def _stat(pid: int | str) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
-    """Running (a zombie no longer holds files or locks)."""
+    """Running: any of its threads (a killed process's leader turns zombie while its other
+    threads still exit, holding its files and locks; a zombie whose threads are all gone holds
+    none)."""
     try:
-        return _stat(pid)[0] not in ("Z", "X")
+        tasks = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
     except FileNotFoundError:
         return False
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _children(pid: int) -> list[int]:

@@ -175,8 +175,8 @@ def pages(mnist_dir, tmp_path_factory):
         yield {name: server.url for name, server in servers.items()}
     finally:
         codes = {name: server.stop() for name, server in servers.items()}
-    for name, server in servers.items():
-        log = server.errors()  # a handler's exception would be printed here
+    logs = {name: server.errors() for name, server in servers.items()}  # closes every file
+    for name, log in logs.items():  # a handler's exception would be printed here
         assert "Traceback" not in log and codes[name] == 130, (name, codes[name], log)
         assert "interrupted" in log  # Ctrl-C: the CLI's one line, exit code 130
 
