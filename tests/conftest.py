@@ -12,6 +12,12 @@ import torch
 
 from pyro_vae.data.torchvision_data import DATA_ENV, MNIST_FILES
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers (pyproject.toml: two) share the cores: one thread each, and the
+    # same for the processes a test starts, or the threads outnumber the cores and spin.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def _reset_global_state():

@@ -43,6 +43,26 @@ def test_serve_without_the_app_extra_names_the_pip_command(monkeypatch, capsys, 
     assert "Traceback" not in err
 
 
+def test_each_explorer_caches_its_pictures_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    """Gradio's cache is by content under one folder: two explorers showing the same picture
+    would rewrite one file while the other streams it (a truncated image in the browser)."""
+    from pyro_vae.app.serve import own_gradio_cache
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    folders = []
+    for _ in range(2):
+        with own_gradio_cache():
+            folders.append(os.environ["GRADIO_TEMP_DIR"])
+            assert Path(folders[-1]).is_dir()
+        assert "GRADIO_TEMP_DIR" not in os.environ  # the setting is scoped to the serve
+        assert not Path(folders[-1]).exists()  # and its folder removed after
+    assert folders[0] != folders[1]
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the user's choice is kept
+    with own_gradio_cache():
+        assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path)
+    assert tmp_path.is_dir()
+
+
 def test_serve_help_and_parsing_do_not_import_gradio():
     code = (
         "import sys\nfrom pyro_vae.cli.main import build_parser\n"

@@ -17,11 +17,14 @@ otherwise, never creates a share link and sends no analytics.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import os
 import socket
+import tempfile
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pyro_vae.app.view import run_info
@@ -134,12 +137,30 @@ def serve(
         dataset=dataset,
         allow_other_dataset=allow_other_dataset,
     )
-    demo = build_explorer(
-        vae,
-        data.test_x,
-        data.test_y,
-        run_info(run_dir, ckpt),
-        image_shape=data.image_shape,
-        data_mode=data.data_mode,
-    )
-    launch(demo, host, port, open_browser=open_browser)
+    with own_gradio_cache():
+        demo = build_explorer(
+            vae,
+            data.test_x,
+            data.test_y,
+            run_info(run_dir, ckpt),
+            image_shape=data.image_shape,
+            data_mode=data.data_mode,
+        )
+        launch(demo, host, port, open_browser=open_browser)
+
+
+@contextlib.contextmanager
+def own_gradio_cache() -> Iterator[None]:
+    """Gradio caches a page's pictures by their content under $GRADIO_TEMP_DIR (default
+    /tmp/gradio): two explorers showing the same picture rewrite one file while the other
+    streams it (the browser gets a truncated image). Unless the user chose a folder, each serve
+    gets one of its own for as long as it runs, removed after."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="pyro-vae-explorer-") as folder:
+        os.environ["GRADIO_TEMP_DIR"] = folder
+        try:
+            yield
+        finally:
+            del os.environ["GRADIO_TEMP_DIR"]
