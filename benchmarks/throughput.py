@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_vae import ReferenceVAE, reference_step  # noqa: E402
 
 from pyro_vae import VAE, TrainConfig  # noqa: E402
-from pyro_vae.data.images import ImageData, load_mnist  # noqa: E402
+from pyro_vae.data.images import ImageData  # noqa: E402
+from pyro_vae.data.torchvision_data import load_mnist  # noqa: E402
 from pyro_vae.inference.loglik import evaluate_log_likelihood  # noqa: E402
 from pyro_vae.inference.steps import build_step  # noqa: E402
 from pyro_vae.models.likelihoods import BernoulliLikelihood  # noqa: E402

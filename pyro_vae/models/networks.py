@@ -44,14 +44,16 @@ def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, activation: str
 
 
 def with_label(h: Tensor, y_onehot: Tensor | None) -> Tensor:
-    """Appends the one-hot label to a network input, broadcasting leading (particle) dims.
+    """Appends the one-hot label to a network input, broadcasting the leading dims of both
+    (particles; the labels a semi-supervised guide enumerates).
 
-    h: [..., B, D], y_onehot: [B, C] or None -> [..., B, D + C].
+    h: [..., B, D], y_onehot: [..., B, C] or None -> [..., B, D + C].
     """
     if y_onehot is None:
         return h
-    y_onehot = y_onehot.to(h.dtype).expand(*h.shape[:-1], y_onehot.shape[-1])
-    return torch.cat([h, y_onehot], dim=-1)
+    lead = torch.broadcast_shapes(h.shape[:-1], y_onehot.shape[:-1])
+    y_onehot = y_onehot.to(h.dtype).expand(*lead, y_onehot.shape[-1])
+    return torch.cat([h.expand(*lead, h.shape[-1]), y_onehot], dim=-1)
 
 
 class Encoder(PyroModule):
@@ -70,10 +72,24 @@ class Encoder(PyroModule):
         self.net = mlp(x_dim + num_classes, hidden_dims, 2 * z_dim, activation)
 
     def forward(self, x: Tensor, y_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        out = self.net(with_label(x, y_onehot))
+        if y_onehot is not None and y_onehot.dim() > x.dim():
+            out = self._every_label(x, y_onehot)
+        else:
+            out = self.net(with_label(x, y_onehot))
         loc, raw_scale = out.split(self.z_dim, dim=-1)
         # softplus rather than exp: positive by construction without overflow for large inputs.
         return loc, F.softplus(raw_scale) + GUIDE_MIN_SCALE
+
+    def _every_label(self, x: Tensor, y_onehot: Tensor) -> Tensor:
+        """The same network on x [B, D] under more labels than images (y [E, ..., B, C], the
+        labels a semi-supervised guide enumerates): the first layer's x part is computed once,
+        not E times (W [x, y] = W_x x + W_y y)."""
+        net = self.net
+        first = net[0]
+        d = x.shape[-1]
+        h = F.linear(x, first.weight[:, :d], first.bias)
+        h = h + F.linear(y_onehot.to(x.dtype), first.weight[:, d:])
+        return net[1:](h)
 
 
 class Decoder(PyroModule):

@@ -16,6 +16,20 @@ traced step reads it as an input and it may change every step.
 
 The conditional VAE is the same model and guide built with ``num_classes > 0``: the one-hot
 label is appended to the encoder's and the decoder's input.
+
+The semi-supervised VAE (Kingma et al. 2014, "M2") is the same model and guide built with a
+``classifier`` as well; labels may then be missing, written y = -1::
+
+    model:  y_n ~ Categorical(1/C)     site "y": observed where y_n >= 0 (Pyro's obs_mask)
+            z_n ~ p(z | y_n),  x_n ~ p(x | decoder(z_n, y_n))
+    guide:  y_n ~ q(y | x_n)           site "y_unobserved", only where y_n = -1 (masked)
+            z_n ~ N(loc(x_n, y_n), diag(scale(x_n, y_n)^2))
+
+Pyro's ``obs_mask`` splits "y" into the sample sites "y_observed" (the given labels) and
+"y_unobserved" (the missing ones, which the guide draws), and records the interleaved labels
+as the deterministic site "y". Labelled and unlabelled images may share a batch; ``y=None``
+means every label is missing. ``TraceEnum_ELBO`` with ``config_enumerate(guide, "parallel")``
+sums y out exactly, as does the library's ``EnumELBO``.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.label_encoder import build_classifier
 from pyro_vae.models.likelihoods import Likelihood, build_likelihood
 from pyro_vae.models.networks import Decoder, Encoder
 from pyro_vae.models.priors import PriorLike, as_latent_event, build_prior
@@ -41,18 +56,25 @@ from pyro_vae.models.priors import PriorLike, as_latent_event, build_prior
 _VAE_NUMBERS = itertools.count()
 
 
+# The label of an image whose label is missing (the semi-supervised VAE's data convention).
+UNLABELLED = -1
+
+
 def check_labels(
     y: Tensor | None,
     num_classes: int,
     batch_size: int | None,
     device: torch.device | None = None,
+    unlabelled: bool = False,
 ) -> None:
     """Raises ValueError for labels that do not fit the model; runs before any network.
 
     y: [B] LongTensor in [0, num_classes), or None for an unconditional model. ``batch_size``
     (when known) is B; ``device`` (when given) is where the images or parameters live.
+    ``unlabelled``: the semi-supervised VAE, whose labels may also be -1 (missing), or None
+    (all missing).
     """
-    if num_classes and y is None:
+    if num_classes and y is None and not unlabelled:
         raise ValueError(
             f"this VAE is conditional (num_classes={num_classes}): pass the labels y as a "
             "LongTensor of shape [batch]"
@@ -85,6 +107,18 @@ def check_labels(
     # on load, instead (ImageData.validate).
     if y.numel() and is_validation_enabled():
         lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host read for both bounds
+        if unlabelled:
+            if lo < UNLABELLED or hi >= num_classes:
+                raise ValueError(
+                    f"labels must lie in [0, {num_classes}) or be {UNLABELLED} (missing), got "
+                    f"values in [{lo}, {hi}]"
+                )
+            return
+        if lo == UNLABELLED and hi < num_classes:
+            raise ValueError(
+                f"label {UNLABELLED} (missing) needs the semi-supervised VAE: build it with a "
+                "classifier q(y | x) (classifier='conv' or 'mlp'; --labelled on the command line)"
+            )
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
 
@@ -132,7 +166,11 @@ def _positive(value: float) -> float:
 
 
 class VAEModel(PyroModule):
-    """p(x, z | y): prior, decoder, likelihood. Call as ``model(x, y)``; x=None samples x."""
+    """p(x, z | y): prior, decoder, likelihood. Call as ``model(x, y)``; x=None samples x.
+
+    The semi-supervised VAE's model (``config.semi_supervised``) is p(x, y, z): its label site
+    "y" is observed where y >= 0 and latent where y = -1 (or y is None).
+    """
 
     def __init__(
         self,
@@ -150,11 +188,13 @@ class VAEModel(PyroModule):
         self.z_dim = config.z_dim
         self.x_dim = config.x_dim
         self.num_classes = config.num_classes
+        self.semi_supervised = config.semi_supervised
 
     def forward(
         self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
     ) -> Tensor:
-        """x: [B, x_dim] or None; y: [B] labels or None; batch_size when both are None.
+        """x: [B, x_dim] or None; y: [B] labels (-1: missing, semi-supervised) or None;
+        batch_size when both are None.
 
         Returns the decoder's raw output [..., B, params_per_pixel * x_dim].
         """
@@ -162,27 +202,52 @@ class VAEModel(PyroModule):
             x = _flat_images(x, self.x_dim)
         n = x.shape[0] if x is not None else batch_size
         device = x.device if x is not None else _device_of(self.decoder)
-        check_labels(y, self.num_classes, n, device)
+        check_labels(y, self.num_classes, n, device, unlabelled=self.semi_supervised)
         n = y.shape[0] if n is None and y is not None else n
         if n is None:
             raise ValueError("give images x, labels y or batch_size, so the model knows how many")
         # Pixels outside the likelihood's support fail in Pyro's validation of the "x" site,
         # with a message that says the fix (likelihoods.Likelihood.pixels): no extra pass here.
-        y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
         with pyro.plate("data", n):
+            if self.semi_supervised:
+                y = self._label(y, n, device)
+            y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
             with poutine.scale(scale=self.kl_weight.value):
                 z = pyro.sample("z", as_latent_event(self.prior(y), self.z_dim))
             out = self.decoder(z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
         return out
 
+    def _label(self, y: Tensor | None, n: int, device: torch.device | None) -> Tensor:
+        """y ~ p(y) = Categorical(1/C), observed where y >= 0: the labels [..., B], each
+        missing one drawn (or, under enumeration, every value in turn)."""
+        if y is None:
+            y = torch.full((n,), UNLABELLED, dtype=torch.long, device=device)
+        ref = next(self.decoder.parameters())
+        uniform = dist.Categorical(logits=ref.new_zeros(self.num_classes))
+        return pyro.sample("y", uniform, obs=y.clamp(min=0), obs_mask=y >= 0)
+
 
 class VAEGuide(PyroModule):
-    """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)). Call as ``guide(x, y)``."""
+    """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)). Call as ``guide(x, y)``.
 
-    def __init__(self, encoder: Encoder, config: VAEConfig, kl_weight: KLWeight | None = None):
+    With a ``classifier`` (the semi-supervised VAE) it is q(y, z | x) where labels are
+    missing: y ~ q(y | x) = Categorical(logits=classifier(x)) at the site "y_unobserved",
+    masked where the label is given, then z ~ q(z | x, y).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        config: VAEConfig,
+        kl_weight: KLWeight | None = None,
+        classifier: nn.Module | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
+        # After the encoder: the order of parameters() (an optimizer's saved state) of a VAE
+        # without one is what it was before classifiers existed.
+        self.classifier = classifier
         # The model's weight, held by reference (a tuple hides it from registration), so the
         # two sites of "z" are scaled alike and the buffer belongs to the model alone.
         self._kl_weight = (kl_weight or KLWeight(),)
@@ -192,15 +257,29 @@ class VAEGuide(PyroModule):
     def forward(
         self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
     ) -> Tensor:
-        """x: [B, x_dim]; y: [B] labels or None. Returns z [..., B, z_dim]."""
+        """x: [B, x_dim]; y: [B] labels (-1: missing, semi-supervised) or None.
+        Returns z [..., B, z_dim]."""
         if x is None:
             raise ValueError("the guide q(z | x) needs images x")
         x = _flat_images(x, self.x_dim)
-        check_labels(y, self.num_classes, x.shape[0], x.device)
-        y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
-        with pyro.plate("data", x.shape[0]), poutine.scale(scale=self._kl_weight[0].value):
-            loc, scale = self.encoder(x, y_onehot)
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        semi = self.classifier is not None
+        check_labels(y, self.num_classes, x.shape[0], x.device, unlabelled=semi)
+        with pyro.plate("data", x.shape[0]):
+            if semi:
+                y = self._label(x, y)
+            y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
+            with poutine.scale(scale=self._kl_weight[0].value):
+                loc, scale = self.encoder(x, y_onehot)
+                return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def _label(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """The given labels, and y ~ q(y | x) where they are missing: [..., B]."""
+        if y is None:
+            y = torch.full(x.shape[:1], UNLABELLED, dtype=torch.long, device=x.device)
+        given = y >= 0
+        with poutine.mask(mask=~given):
+            drawn = pyro.sample("y_unobserved", dist.Categorical(logits=self.classifier(x)))
+        return torch.where(given, y, drawn)
 
 
 class VAE(PyroModule):
@@ -216,6 +295,9 @@ class VAE(PyroModule):
     shape broadcasts to [z_dim], or a module/callable ``y -> distribution``. ``likelihood`` is
     a name from ``likelihoods.LIKELIHOODS`` or a callable ``decoder output -> distribution``.
     ``kl_weight`` is beta, the weight of the KL term (``vae.kl_weight`` reads and sets it).
+    ``classifier`` (with ``num_classes``): q(y | x) of the semi-supervised VAE, a name from
+    ``label_encoder.CLASSIFIERS`` with hidden layers ``classifier_dims``; its labels may be -1
+    (missing), and ``vae.classify(x)`` gives q(y | x).
 
     Every VAE owns its parameters, whatever ``pyro.settings`` say. In Pyro's default mode the
     model and guide register them in the global param store under ``name`` + their attribute
@@ -238,6 +320,8 @@ class VAE(PyroModule):
         x_dim: int = VAEConfig.x_dim,
         prior_components: int = VAEConfig.prior_components,
         likelihood_scale: float | None = VAEConfig.likelihood_scale,
+        classifier: str = VAEConfig.classifier,
+        classifier_dims: tuple[int, ...] = VAEConfig.classifier_dims,
         kl_weight: float = DEFAULT_KL_WEIGHT,
         name: str | None = None,
     ) -> None:
@@ -252,6 +336,8 @@ class VAE(PyroModule):
             likelihood=likelihood if isinstance(likelihood, str) else "custom",
             prior_components=prior_components,
             likelihood_scale=likelihood_scale,
+            classifier=classifier,
+            classifier_dims=tuple(classifier_dims),
         )
         c = self.config
         lik = build_likelihood(likelihood, c)
@@ -261,7 +347,7 @@ class VAE(PyroModule):
         )
         # The guide first: the order of parameters() (and of an optimizer's saved state).
         weight = KLWeight(kl_weight)
-        self.guide = VAEGuide(encoder, c, weight)
+        self.guide = VAEGuide(encoder, c, weight, build_classifier(c))
         self.model = VAEModel(decoder, build_prior(prior, c, encoder), lik, c, weight)
 
     @classmethod
@@ -303,15 +389,39 @@ class VAE(PyroModule):
     def kl_weight(self, value: float) -> None:
         self.model.kl_weight.set(value)
 
+    @property
+    def semi_supervised(self) -> bool:
+        """True when the guide holds q(y | x) and labels may be missing (-1)."""
+        return self.config.semi_supervised
+
+    @torch.no_grad()
+    def classify(self, x: Tensor) -> Tensor:
+        """q(y | x) of the semi-supervised VAE: class probabilities [B, num_classes]."""
+        if self.guide.classifier is None:
+            raise ValueError(
+                "this VAE has no classifier q(y | x): build it with classifier='conv' or 'mlp'"
+            )
+        return self.guide.classifier(_flat_images(x, self.config.x_dim)).softmax(-1)
+
+    def _given(self, x: Tensor, y: Tensor | None) -> Tensor | None:
+        """The labels to condition on: y, with the semi-supervised VAE's missing ones (-1, or
+        y None) replaced by q(y | x)'s most likely class."""
+        if not self.semi_supervised:
+            return y
+        check_labels(y, self.config.num_classes, x.shape[0], x.device, unlabelled=True)
+        guess = self.classify(x).argmax(-1)
+        return guess if y is None else torch.where(y >= 0, y, guess)
+
     def _onehot(self, y: Tensor | None, n: int) -> Tensor | None:
         check_labels(y, self.config.num_classes, n, _device_of(self.model.decoder))
         return F.one_hot(y, self.config.num_classes).float() if y is not None else None
 
     @torch.no_grad()
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Posterior loc and scale, each [B, z_dim]."""
+        """Posterior loc and scale, each [B, z_dim]. A semi-supervised VAE encodes an image
+        whose label is missing (-1, or y None) under q(y | x)'s most likely class."""
         x = _flat_images(x, self.config.x_dim)
-        return self.guide.encoder(x, self._onehot(y, x.shape[0]))
+        return self.guide.encoder(x, self._onehot(self._given(x, y), x.shape[0]))
 
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -322,6 +432,7 @@ class VAE(PyroModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Decoder mean at the posterior mean, [B, x_dim]."""
+        y = self._given(_flat_images(x, self.config.x_dim), y)
         loc, _ = self.encode(x, y)
         return self.decode(loc, y)
 
