@@ -11,8 +11,8 @@ The architectures, by ``VAEConfig.classifier``:
 - ``conv``: two 5 x 5 convolutions of stride 2 (16 and 32 channels, ReLU) on the image's
   C channels (any H, W of at least 13), then hidden layers (``classifier_dims``, ReLU) -> logits.
 
-Adding one is a class with ``from_config(config)`` and ``forward(x [B, C, H, W]) -> logits`` and one line in
-``CLASSIFIERS``.
+Adding one is a class with ``from_config(config)`` and ``forward(x [B, C, H, W]) -> logits``
+and one line in ``CLASSIFIERS``.
 """
 
 from __future__ import annotations
