@@ -66,6 +66,54 @@ def mixed(n: int = 6, x_dim: int = 784, dtype=torch.float32) -> tuple[torch.Tens
     return x, y
 
 
+class PlainEncoder(torch.nn.Module):
+    """A user's encoder keeping the contract only: x [B, C, H, W], y [B, K] -> loc, scale."""
+
+    def __init__(self, x_dim: int, z_dim: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(x_dim + C, 2 * z_dim)
+
+    def forward(self, x, y_onehot):
+        assert x.dim() == 4 and y_onehot.dim() == 2  # what the contract promises
+        loc, raw = self.net(torch.cat([x.flatten(1), y_onehot], -1)).chunk(2, -1)
+        return loc, torch.nn.functional.softplus(raw) + 1e-3
+
+
+class PlainDecoder(torch.nn.Module):
+    """A user's decoder keeping the contract only: z [..., B, d], y [B, K] -> [..., B, D]."""
+
+    def __init__(self, z_dim: int, x_dim: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(z_dim + C, x_dim)
+
+    def forward(self, z, y_onehot):
+        assert y_onehot.dim() == 2  # what the contract promises
+        return self.net(torch.cat([z, y_onehot.expand(*z.shape[:-1], C)], -1))
+
+
+# The semi-supervised VAE with each kind of network, classifier, image and latent stack:
+# name -> (VAE keywords, pixels per image).
+VARIANTS = {
+    "mlp": ({"classifier": "mlp"}, 784),
+    "conv-classifier": ({"classifier": "conv"}, 784),
+    "stacked": ({"classifier": "mlp", "latent_dims": (4, 3), "latent_hidden_dims": (8,)}, 784),
+    "conv-network": ({"classifier": "conv", "network": "conv", "conv_channels": (4, 8)}, 784),
+    "colour": ({"classifier": "conv", "image_shape": (3, 14, 13), "x_dim": None}, 546),
+    "user-networks": ({"classifier": "mlp"}, 784),
+}
+
+
+def variant(name: str) -> tuple[VAE, torch.Tensor, torch.Tensor]:
+    """A float64 semi-supervised VAE of that variant and a mixed batch for it."""
+    kw, x_dim = VARIANTS[name]
+    if name == "user-networks":
+        torch.manual_seed(3)
+        kw = {**kw, "encoder": PlainEncoder(x_dim, 3), "decoder": PlainDecoder(3, x_dim)}
+    vae = m2(**{"x_dim": x_dim, **kw}).double()
+    x, y = mixed(x_dim=x_dim, dtype=torch.float64)
+    return vae, x, y
+
+
 @pytest.fixture
 def float64_default():
     """TraceEnum_ELBO adds the log-density of obs_mask's Delta site, which has the default
@@ -163,12 +211,13 @@ def _aux_recipe(vae: VAE, alpha: float):
     return model, lambda x, y: None
 
 
-@pytest.mark.parametrize("classifier", ["mlp", "conv"])
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_enum_elbo_with_alpha_is_trace_enum_plus_pyros_auxiliary_loss(
-    classifier, pyro_mode, float64_default
+    name, pyro_mode, float64_default
 ):
-    vae = m2(classifier).double()
-    x, y = mixed(dtype=torch.float64)
+    """Every network, classifier, image shape and latent stack: the labels summed out in one
+    batched pass equal TraceEnum_ELBO (plus the auxiliary loss), loss and gradients."""
+    vae, x, y = variant(name)
     objective = EnumELBO(num_particles=2, alpha=3.0)
     params = list(vae.parameters())
     torch.manual_seed(SEED)
@@ -191,10 +240,9 @@ def test_enum_elbo_with_alpha_is_trace_enum_plus_pyros_auxiliary_loss(
     torch.testing.assert_close(t.classification, torch.where(given, -own, 0.0))
 
 
-@pytest.mark.parametrize("classifier", ["mlp", "conv"])
-def test_the_traced_step_is_trace_enum_plus_the_auxiliary_loss(classifier, float64_default):
-    vae = m2(classifier).double()
-    x, y = mixed(dtype=torch.float64)
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_the_traced_step_is_trace_enum_plus_the_auxiliary_loss(name, float64_default):
+    vae, x, y = variant(name)
     loss = ELBOLoss(vae, EnumELBO(num_particles=2, alpha=3.0))
     gm = trace_step(loss, x, y)
     params, buffers = list(loss.parameters()), list(loss.buffers())
