@@ -16,7 +16,7 @@ every run's class grid is in ``RUN/figures/class_grid.png``.
 The settings (``--settings``):
 
 - ``proposed``: what this branch proposes for >= 95% at 100 labels: q(y | x) a small CNN,
-  16 labelled images in every batch of 128, alpha ten times the paper's (see the README);
+  16 labelled images in every batch of 128, alpha ten times the paper's (see docs/semi_supervised.md);
 - ``paper``: the paper's and Pyro's tutorial's networks and optimizer (784-500-50 softplus,
   q(y | x) one layer of 500, batch 200, Adam 4.2e-4), labelled images in the epoch's order like
   the others, the paper's alpha = 0.1 N;
@@ -125,17 +125,20 @@ def classifier_alone(args: argparse.Namespace, labels: int, draw: int) -> float:
     data = ImageData.load(args.data_dir, lik, "dynamic")
     idx = draw_labelled(data.train_y, labels, 10, draw)
     x, y = data.train_x[idx], data.train_y[idx]
+    shape = vae_config.image_shape  # q(y | x) takes images [B, C, H, W]
     with seeded(draw):
         clf = build_classifier(vae_config)
         opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
         for _ in range(args.baseline_steps):
             b = torch.randint(len(idx), (min(128, len(idx)),))
-            loss = F.cross_entropy(clf(to_pixels(x[b], "dynamic", lik)), y[b])
+            pixels = to_pixels(x[b], "dynamic", lik).unflatten(-1, shape)
+            loss = F.cross_entropy(clf(pixels), y[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
-        pred = torch.cat([clf(b).argmax(-1) for b in data.test_x.split(1000)])
+        test = data.test_x.split(1000)  # pixels already (the fixed binarization)
+        pred = torch.cat([clf(b.unflatten(-1, shape)).argmax(-1) for b in test])
     return 100 * (pred == data.test_y).double().mean().item()
 
 
