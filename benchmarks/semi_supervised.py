@@ -16,7 +16,7 @@ every run's class grid is in ``RUN/figures/class_grid.png``.
 The settings (``--settings``):
 
 - ``proposed``: what this branch proposes for >= 95% at 100 labels: q(y | x) a small CNN,
-  16 labelled images in every batch of 128, alpha ten times the paper's (see docs/semi_supervised.md);
+  16 labelled images in every batch of 128, alpha ten times the paper's (docs/semi_supervised.md);
 - ``paper``: the paper's and Pyro's tutorial's networks and optimizer (784-500-50 softplus,
   q(y | x) one layer of 500, batch 200, Adam 4.2e-4), labelled images in the epoch's order like
   the others, the paper's alpha = 0.1 N;

@@ -202,10 +202,7 @@ def main() -> None:
     )
     widths = args.conv_channels if args.network == "conv" else args.hidden_dims
     top = "-".join(map(str, args.latent_dims or (args.z_dim,)))
-    net = (
-        f"{'CVAE' if args.cvae else 'VAE'} {args.network} 784-{'-'.join(map(str, widths))}"
-        f"-{top}"
-    )
+    net = f"{'CVAE' if args.cvae else 'VAE'} {args.network} 784-{'-'.join(map(str, widths))}-{top}"
     print(f"device: {name}; torch {torch.__version__}; pyro {pyro.__version__}; {net}")
     print(
         f"{'batch':>6} {'path':<10} {'ms/step':>9} {'images/s':>10} {'x reference':>12}"

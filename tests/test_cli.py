@@ -282,6 +282,11 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
         "the semi-supervised VAE sums its missing labels out: train it with --elbo enum (or "
         "auto), not trace",
     ),
+    (
+        "--labelled, labels out of range",
+        ["train", "--num-classes", "5", "--labelled", "100"],
+        "mnist has 10 classes, not 5: pass --num-classes 10 (or auto)",
+    ),
     ("--alpha -1", ["train", "--alpha", "-1"], "argument --alpha: must be at least 0, got -1"),
     (
         "evaluate on another dataset",

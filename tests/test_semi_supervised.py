@@ -363,6 +363,22 @@ def test_labels_out_of_range_are_one_line_errors(vae, labels, match):
         assert "\n" not in str(e.value)
 
 
+def test_the_conv_classifier_follows_the_image_shape():
+    """q(y | x) takes [B, C, H, W] of any channels and sides (not only square ones); images
+    its two convolutions cannot read get a one-line error naming the fix."""
+    vae = m2("conv", x_dim=None, image_shape=(3, 20, 15))
+    assert vae.guide.classifier.features[0].in_channels == 3
+    probs = vae.classify(torch.rand(4, 3, 20, 15))
+    assert probs.shape == (4, C) and torch.allclose(probs.sum(-1), torch.ones(4))
+    with pytest.raises(
+        ValueError,
+        match=r"^the conv classifier needs images of at least 13x13, "
+        r"got 12x28; use --classifier mlp$",
+    ):
+        m2("conv", x_dim=None, image_shape=(1, 12, 28))
+    m2("mlp", x_dim=None, image_shape=(1, 12, 28))  # the MLP reads any size
+
+
 def test_accuracy_and_confusion_count_what_q_says(monkeypatch):
     vae = m2()
     x, _ = mixed(8)
