@@ -247,6 +247,48 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("compare-elbo --ks 5,x", ["compare-elbo", "RUN", "--ks", "5,x"], "expected sizes"),
     ("--dataset cifar100", ["train", "--dataset", "cifar100"], "unknown dataset 'cifar100'; use"),
     (
+        "--labelled without classes",
+        ["train", "--labelled", "100"],
+        "--labelled 100 needs labels: add --num-classes 10 (or --num-classes auto",
+    ),
+    (
+        "--labelled more than the data",
+        ["train", "--num-classes", "10", "--labelled", "70000"],
+        "--labelled 70000 is more than the 60000 training images; use at most 60000",
+    ),
+    (
+        "--labelled not in balanced classes",
+        ["train", "--num-classes", "10", "--labelled", "105"],
+        "--labelled 105 does not split into 10 classes of equal size; use a multiple of 10",
+    ),
+    (
+        "--labelled more than a class holds",
+        ["train", "--num-classes", "10", "--labelled", "60000"],
+        "--labelled 60000 needs 6000 images of each class, but class 5 has 5421; use at most 54210",
+    ),
+    (
+        "--labelled-per-batch without --labelled",
+        ["train", "--num-classes", "10", "--labelled-per-batch", "16"],
+        "--labelled-per-batch needs --labelled N",
+    ),
+    (
+        "--labelled-per-batch fills the batch",
+        ["train", "--num-classes", "10", "--labelled", "100", "--labelled-per-batch", "128"],
+        "--labelled-per-batch 128 leaves no room for unlabelled images in a batch of 128",
+    ),
+    (
+        "--labelled with --elbo trace",
+        ["train", "--num-classes", "10", "--labelled", "100", "--elbo", "trace"],
+        "the semi-supervised VAE sums its missing labels out: train it with --elbo enum (or "
+        "auto), not trace",
+    ),
+    (
+        "--labelled, labels out of range",
+        ["train", "--num-classes", "5", "--labelled", "100"],
+        "mnist has 10 classes, not 5: pass --num-classes 10 (or auto)",
+    ),
+    ("--alpha -1", ["train", "--alpha", "-1"], "argument --alpha: must be at least 0, got -1"),
+    (
         "evaluate on another dataset",
         ["evaluate", "RUN", "--dataset", "kmnist"],
         "was trained on mnist, not kmnist; drop --dataset",

@@ -2,8 +2,10 @@
 class and ``@register_objective``, and these tests cover it with no new test code.
 
 - Every registered objective equals its ``pyro_equivalent`` (Trace_ELBO, TraceMeanField_ELBO,
-  RenyiELBO(alpha=0)) on the same draws, loss and gradients, in both of Pyro's modes, for the
-  plain, the VampPrior and the conditional VAE.
+  RenyiELBO(alpha=0), TraceEnum_ELBO on the enumerated guide) on the same draws, loss and
+  gradients, in both of Pyro's modes, for the plain, the VampPrior and the conditional VAE, and
+  the enumerating objectives also for the semi-supervised VAE on a batch of labelled and
+  unlabelled images.
 - ``objective(model, guide)`` is a loss module (Pyro's ELBO-as-module path) that trains.
 - Names become objects in one place (``make_objective``), refusing unknown names.
 - The NLL's log-weights come from the same walk: L_1 from them is the ELBO's own estimate.
@@ -29,29 +31,59 @@ from pyro_vae.inference.objectives import (
 )
 
 SEED = 9
-MODELS = [("normal", 0), ("vamp", 0), ("conditional", 10)]
+# (prior, num_classes, classifier): the last is the semi-supervised VAE (M2).
+MODELS = [("normal", 0, "none"), ("vamp", 0, "none"), ("conditional", 10, "none")]
+SEMI = ("conditional", 10, "mlp")
 
 
-def tiny(prior: str, num_classes: int) -> VAE:
+def tiny(prior: str, num_classes: int, classifier: str = "none") -> VAE:
     pyro.set_rng_seed(2)
-    vae = VAE(z_dim=3, hidden_dims=(8,), prior=prior, num_classes=num_classes, prior_components=2)
+    vae = VAE(
+        z_dim=3,
+        hidden_dims=(8,),
+        prior=prior,
+        num_classes=num_classes,
+        prior_components=2,
+        classifier=classifier,
+        classifier_dims=(8,),
+    )
     return vae.double()
 
 
 def batch(vae: VAE, n: int = 6):
     g = torch.Generator().manual_seed(4)
     x = torch.bernoulli(torch.rand(n, 784, generator=g, dtype=torch.float64), generator=g)
-    return x, (torch.arange(n) % 10 if vae.config.num_classes else None)
+    y = torch.arange(n) % 10 if vae.config.num_classes else None
+    if vae.semi_supervised:
+        y[1::2] = -1  # every other label missing: both kinds in one batch
+    return x, y
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
-@pytest.mark.parametrize("prior,num_classes", MODELS)
-def test_every_objective_equals_its_pyro_equivalent(name, prior, num_classes, pyro_mode):
-    vae = tiny(prior, num_classes)
+@pytest.fixture
+def float64_default():
+    """Pyro's obs_mask records its interleaved labels in a Delta site whose log-density is of
+    the default dtype: TraceEnum_ELBO then needs float64 as the default to add it to a float64
+    model's terms."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+CASES = [(name, *m) for name in sorted(OBJECTIVES) for m in MODELS] + [
+    (name, *SEMI) for name in sorted(OBJECTIVES) if OBJECTIVES[name].enumerates
+]
+
+
+@pytest.mark.parametrize("name,prior,num_classes,classifier", CASES)
+def test_every_objective_equals_its_pyro_equivalent(
+    name, prior, num_classes, classifier, pyro_mode, float64_default
+):
+    vae = tiny(prior, num_classes, classifier)
     x, y = batch(vae)
     objective = make_objective(name, num_particles=3)
+    guide = objective.pyro_guide(vae.guide)
     torch.manual_seed(SEED)
-    expected = objective.pyro_equivalent().loss_and_grads(vae.model, vae.guide, x, y)
+    expected = objective.pyro_equivalent().loss_and_grads(vae.model, guide, x, y)
     params = [p for p in vae.parameters() if p.grad is not None]
     expected_grads = [p.grad.clone() for p in params]
     torch.manual_seed(SEED)
@@ -61,14 +93,21 @@ def test_every_objective_equals_its_pyro_equivalent(name, prior, num_classes, py
     for g, e in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-7, atol=1e-9)
     assert terms.log_lik.shape == terms.kl.shape == (x.shape[0],)
-    assert set(terms.estimators) == {"z"}
+    assert set(terms.estimators) == ({"z", "y_unobserved"} if vae.semi_supervised else {"z"})
+
+
+@pytest.mark.parametrize("name", sorted(n for n, o in OBJECTIVES.items() if not o.enumerates))
+def test_an_objective_without_enumeration_refuses_the_missing_labels(name):
+    vae = tiny(*SEMI)
+    with pytest.raises(ValueError, match="'y_unobserved' .* is discrete: sum it out with the "):
+        make_objective(name).terms(vae.model, vae.guide, *batch(vae))
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_every_objective_is_a_loss_module_that_trains(name):
     pyro.settings.set(module_local_params=True)
     vae = tiny("learned-normal", 0)
-    x, y = batch(vae, n=32)
+    x, y = batch(vae, n=32)  # (an enumerating objective on a model with no discrete site)
     loss_fn = make_objective(name, num_particles=2)(vae.model, vae.guide)
     optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-2)
     assert {id(p) for p in loss_fn.parameters()} == {id(p) for p in vae.parameters()}
@@ -92,6 +131,7 @@ def test_names_become_objects_in_one_place():
     assert isinstance(iwae, IWAE) and iwae.num_particles == 5 and iwae.test_bound_samples == 5
     with pytest.raises(ValueError, match="unknown objective 'elbo'; choose one of"):
         make_objective("elbo")
+    assert make_objective("enum").alpha == 0.0 and make_objective("enum").enumerates
     with pytest.raises(ValueError, match="num_particles must be at least 1"):
         IWAE(0)
 

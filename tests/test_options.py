@@ -195,7 +195,7 @@ def test_configs_check_their_values_by_the_tables_rules():
         (dict(epochs=0), "epochs must be at least 1, got 0"),
         (dict(lr=-1.0), "lr must be positive"),
         (dict(betas=(0.9, 1.0)), r"betas must be two numbers in \[0, 1\)"),
-        (dict(elbo="elbow"), "elbo must be one of trace, meanfield, iwae, got 'elbow'"),
+        (dict(elbo="elbow"), "elbo must be one of auto, trace, meanfield, iwae, enum, got 'elbow'"),
         (dict(data_mode="binary"), "data_mode must be one of auto, dynamic"),
         (dict(image_size=-1), "image_size must be at least 0"),
         (dict(test_fraction=1.0), "test_fraction must lie strictly between 0 and 1"),

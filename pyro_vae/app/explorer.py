@@ -10,6 +10,7 @@ custom prior or likelihood object works as well as a run directory's.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -163,10 +164,15 @@ class DrawingScore:
     num_samples: int
     label: int | None = None  # conditional VAE: the most likely label, argmax_y log p(x | y)
     label_log_likelihoods: list[float] | None = None  # conditional VAE: log p(x | y), each y
+    # The semi-supervised VAE: q(y | x), its classifier's probability of each label.
+    classifier_probabilities: list[float] | None = None
 
     @property
     def label_probabilities(self) -> list[float] | None:
-        """p(y | x) under a uniform p(y): the generative model as a classifier."""
+        """p(y | x): the semi-supervised VAE's q(y | x); for the conditional VAE, the
+        generative model as a classifier, softmax of log p(x | y) under a uniform p(y)."""
+        if self.classifier_probabilities is not None:
+            return self.classifier_probabilities
         if self.label_log_likelihoods is None:
             return None
         return torch.tensor(self.label_log_likelihoods).softmax(0).tolist()
@@ -275,6 +281,8 @@ class Explorer:
             log_w = log_weights(
                 self.vae.model, self.vae.guide, xs, y, num_samples=num_samples, chunk_size=chunk
             )  # [K, n]
+            if self.vae.semi_supervised:  # its model holds p(y) = 1/C: p(x, y) -> p(x | y)
+                log_w = log_w + math.log(n)
             log_px = iw_bound(log_w, num_samples)  # [n]
             best = int(log_px.argmax())
             yb = y[best : best + 1] if y is not None else None
@@ -288,4 +296,7 @@ class Explorer:
                 num_samples=num_samples,
                 label=best if self.num_classes else None,
                 label_log_likelihoods=log_px.tolist() if self.num_classes else None,
+                classifier_probabilities=(
+                    self.vae.classify(x)[0].tolist() if self.vae.semi_supervised else None
+                ),
             )

@@ -293,8 +293,13 @@ def _drawing_score(h: Handlers) -> tuple[gr.Markdown, gr.Label]:
     """The drawing's numbers, and p(y | x) for the conditional VAE."""
     with gr.Column():
         score = gr.Markdown(DRAW_PROMPT, elem_id="drawing-score")
+        where = (
+            "q(y | x), the semi-supervised VAE's classifier"
+            if h.explorer.vae.semi_supervised
+            else "p(y | x) from log p(x | y), uniform p(y)"
+        )
         classes = gr.Label(
-            label="p(y | x) from log p(x | y), uniform p(y)",
+            label=where,
             num_top_classes=h.explorer.num_classes or 1,
             elem_id="drawing-classes",
             visible=h.conditional,

@@ -30,6 +30,7 @@ from pyro_vae.cli.args import (
 from pyro_vae.cli.train import add_train_parser, cmd_train
 from pyro_vae.data.errors import DataError
 from pyro_vae.evaluation.elbo import ESTIMATORS
+from pyro_vae.inference.objectives import EnumELBO
 from pyro_vae.inference.steps import NonFiniteError
 from pyro_vae.runs.checkpoint import CheckpointError
 from pyro_vae.runs.lock import RunInUseError
@@ -147,6 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     vae, ckpt, data = _load_run(args, device)
     elbos = list(ESTIMATORS) if args.elbo == "both" else [args.elbo]
+    if vae.semi_supervised:  # its labels are summed out where missing: TraceEnum_ELBO only
+        elbos = [EnumELBO.name]
     results = []
     with seeded(args.seed, device):
         for name in elbos:
@@ -187,6 +190,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report["log_likelihood"]["dataset"] = dataset_name(report["data"], source)
     if vae.config.num_classes and args.samples_per_class:
         report["conditioning"] = _evaluate_conditioning(args, vae, device, data, ckpt)
+    if vae.semi_supervised:
+        report["classification"] = _evaluate_classifier(vae, data, device, args.seed)
     # Beside a training run, which does not write it: replaced whole, and it names its epoch.
     write_text_atomic(Path(args.run_dir, "eval.json"), json.dumps(report, indent=2))
     print(f"dataset: {describe_dataset(data.dataset)}")
@@ -207,7 +212,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.num_samples:
         ll = report["log_likelihood"]
         print(
-            f"test NLL {'-log p(x | y)' if ll['conditional'] else '-log p(x)'} "
+            f"test NLL {_nll_of(ll)} "
             f"{ll['neg_log_likelihood']:.2f} +- {ll['std_error']:.2f} nats/image, "
             f"{ll['bits_per_dim']:.4f} +- {ll['std_error_bits_per_dim']:.4f} bits/dim "
             f"(importance sampling, K={ll['num_samples']}, {ll['num_images']} images, "
@@ -215,12 +220,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         )
         if ll["dequantization_nats"]:
             print(f"  bound on the 8-bit images: {ll['nats_per_image']:.2f} nats/image")
+    if "classification" in report:
+        from pyro_vae.evaluation.semi_supervised import format_accuracy
+
+        c = report["classification"]
+        print(f"test -ELBO with the labels hidden (-log p(x)): {c['neg_elbo_unlabelled']:.2f}")
+        print(format_accuracy(c, [str(k) for k in range(vae.config.num_classes)]))
     if "conditioning" in report:
         from pyro_vae.evaluation.conditioning import format_conditioning
 
         c = report["conditioning"]
         print(format_conditioning(c, c["classifier"]))
     print(f"wrote {Path(args.run_dir, 'eval.json')}")
+
+
+def _nll_of(ll: dict) -> str:
+    if ll.get("joint"):
+        return "-log p(x, y)"
+    return "-log p(x | y)" if ll["conditional"] else "-log p(x)"
 
 
 def _load_run(args: argparse.Namespace, device, test_subset: int | None = None):
@@ -261,6 +278,20 @@ def _evaluate_conditioning(args: argparse.Namespace, vae, device, data, ckpt: di
     with seeded(args.seed, device):
         result = conditioning_accuracy(vae, clf, args.samples_per_class)
     return {**result, "classifier": {"path": str(path), **info}}
+
+
+def _evaluate_classifier(vae, data, device, seed: int) -> dict:
+    """The semi-supervised VAE's q(y | x): test accuracy and confusion matrix, and the test
+    -ELBO with the labels hidden (y summed out), seeded like the ELBO."""
+    from pyro_vae.evaluation.elbo import evaluate_elbo
+    from pyro_vae.evaluation.semi_supervised import hidden_labels, label_accuracy
+    from pyro_vae.training.loop import EVAL_BATCH
+
+    result = label_accuracy(vae, data.test_batches(EVAL_BATCH))
+    with seeded(seed, device):
+        batches = hidden_labels(data.test_batches(EVAL_BATCH))
+        hidden = evaluate_elbo(vae, batches, EnumELBO.name, data_mode=data.data_mode)
+    return {**result, "neg_elbo_unlabelled": hidden["neg_elbo"]}
 
 
 def cmd_compare_elbo(args: argparse.Namespace) -> None:

@@ -10,8 +10,14 @@ import argparse
 
 from pyro_vae.cli.args import DATA_OPTIONS, add_data_args, add_setting, add_settings
 from pyro_vae.models.config import VAEConfig
+from pyro_vae.models.label_encoder import DEFAULT_CLASSIFIER, NO_CLASSIFIER
 from pyro_vae.runs.checkpoint import load_checkpoint
-from pyro_vae.runs.options import RESUME_FLAGS, TrainConfig, resume_settings
+from pyro_vae.runs.options import (
+    RESUME_FLAGS,
+    TrainConfig,
+    check_semi_supervised,
+    resume_settings,
+)
 from pyro_vae.runs.presets import preset_values
 from pyro_vae.runs.records import refuse_user_model_run
 from pyro_vae.runtime.settings import option_names
@@ -67,8 +73,12 @@ def configs_from_args(args: argparse.Namespace) -> tuple[VAEConfig, TrainConfig,
         record = {"name": args.preset, "set": merged, "overridden": overridden}
     if "latent_dims" in args.typed and "z_dim" not in args.typed:
         values["z_dim"] = None  # the top layer typed: z_dim follows it, not a preset's
-    vae = VAEConfig(**{**{k: values[k] for k in VAE_OPTIONS}, **_fit_data(args, values)})
+    fitted = _fit_data(args, values)
+    if values["classifier"] == "auto":  # q(y | x) exactly when labels go missing
+        values["classifier"] = DEFAULT_CLASSIFIER if values["labelled"] else NO_CLASSIFIER
+    vae = VAEConfig(**{**{k: values[k] for k in VAE_OPTIONS}, **fitted})
     train = TrainConfig(**{k: values[k] for k in TRAIN_OPTIONS})
+    check_semi_supervised(train, vae)
     return vae, train, record
 
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from pyro_vae.data import labelled as semi
 from pyro_vae.data.datasets import DatasetSpec, load_dataset
 from pyro_vae.data.pixels import TEST_DATA_SEED, resolve_data_mode, to_pixels
 from pyro_vae.models.likelihoods import Likelihood
-from pyro_vae.runtime.distributed import World, sharded_batches
+from pyro_vae.runtime.distributed import World, epoch_order, epoch_seed, sharded_batches
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -32,7 +33,7 @@ class ImageData:
     ``device``."""
 
     train_x: Tensor  # uint8 [N, D], D = C * H * W (channel by channel, row by row)
-    train_y: Tensor  # int64 [N] (zeros for an unlabelled dataset)
+    train_y: Tensor  # int64 [N] (zeros for an unlabelled dataset; -1: missing, keep_labels)
     test_x: Tensor  # float [M, D], already in the likelihood's representation
     test_y: Tensor  # int64 [M]
     # How the pixels become data (pixels.to_pixels): dynamic, threshold, dequantize or none.
@@ -43,6 +44,12 @@ class ImageData:
     # What the data are (datasets.load_dataset's record): name, shape, classes, split, hash of
     # the test set. Runs store it; a run is scored only on the data it records.
     dataset: dict = field(default_factory=lambda: {"name": "mnist"})
+    # A semi-supervised run (keep_labels): the indices of the images that keep their label,
+    # on the device, and how many of them every batch holds (0: they come in the epoch's
+    # order like the others).
+    labelled: Tensor | None = None
+    labelled_per_batch: int = 0
+    labelled_record: dict | None = None  # what the run records (labelled.labelled_record)
 
     def __post_init__(self) -> None:
         shape = tuple(int(v) for v in self.image_shape)
@@ -87,7 +94,37 @@ class ImageData:
         return self.train_x.shape[0]
 
     def num_batches(self, batch_size: int) -> int:
+        if self.labelled_per_batch:
+            unlabelled = self.num_train - len(self.labelled)
+            return semi.mixed_batches(unlabelled, batch_size, self.labelled_per_batch)
         return -(-self.num_train // batch_size)
+
+    def keep_labels(self, labelled: Tensor, per_batch: int = 0) -> None:
+        """Semi-supervised: only the images at ``labelled`` keep their label, the others get
+        -1 (missing). ``per_batch`` > 0: every batch of :meth:`epoch_order` holds that many
+        labelled images (``labelled.mixed_order``)."""
+        self.labelled = labelled.to(self.train_y.device)
+        self.train_y = semi.hide_labels(self.train_y, self.labelled)
+        self.labelled_per_batch = per_batch
+
+    def labelled_per_epoch(self, batch_size: int) -> int:
+        """How many labelled images an epoch's batches hold (with repeats)."""
+        if self.labelled is None:
+            return self.num_train
+        if self.labelled_per_batch:
+            return self.labelled_per_batch * self.num_batches(batch_size)
+        return len(self.labelled)
+
+    def epoch_order(self, seed: int, epoch: int, batch_size: int) -> Tensor:
+        """The epoch's order of the training images, the same on every rank: a permutation
+        (``distributed.epoch_order``), or the mixed batches of a semi-supervised run with
+        ``labelled_per_batch``."""
+        device = self.train_x.device
+        if not self.labelled_per_batch:
+            return epoch_order(self.num_train, seed, epoch, device)
+        g = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, rank=-1))
+        unlabelled = torch.nonzero(self.train_y < 0)[:, 0]
+        return semi.mixed_order(self.labelled, unlabelled, batch_size, self.labelled_per_batch, g)
 
     def train_batches(
         self, batch_size: int, order: Tensor | None = None, world: World | None = None
@@ -116,6 +153,8 @@ class ImageData:
             self.likelihood.check(x)
         if num_classes:
             for split, y in (("training", self.train_y), ("test", self.test_y)):
+                if split == "training" and self.labelled is not None:
+                    y = y[self.labelled]  # the others are -1 (missing) by construction
                 if y.numel():
                     lo, hi = torch.stack(torch.aminmax(y)).tolist()
                     if lo < 0 or hi >= num_classes:

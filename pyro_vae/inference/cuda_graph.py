@@ -43,7 +43,7 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
 
 
 class CapturedStep:
-    """``step(x, y) -> (metrics [3], bad [])``: the replayed CUDA graph of one training step.
+    """``step(x, y) -> (metrics, bad [])``: the replayed CUDA graph of one training step.
 
     ``graph_module`` is ``step.trace_step``'s graph; ``x``/``y`` are example batches whose
     shapes every later call must have.

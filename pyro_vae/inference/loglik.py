@@ -166,7 +166,8 @@ def evaluate_log_likelihood(
     when K is large: K = 5000 is hundreds of chunks per batch.
 
     Returns the mean NLL, its standard error over images, the number of images and the seconds
-    taken (device synchronized). For the conditional VAE the value is -log p(x | y). With the
+    taken (device synchronized). For the conditional VAE the value is -log p(x | y), for the
+    semi-supervised VAE on labelled images -log p(x, y) (``joint``). With the
     data mode ``data_mode`` the batches were made with, the units fields (``units.in_units``)
     say which data the NLL is about and give it in nats per image and bits per dimension.
     ``all_reduce``: in a multi-process run, sums the ranks' sums (each rank scores its own
@@ -214,6 +215,7 @@ def evaluate_log_likelihood(
         "num_samples": num_samples,
         "num_images": n,
         "conditional": bool(vae.config.num_classes),
+        "joint": vae.semi_supervised,  # the model holds p(y): -log p(x, y) of labelled images
         "proposal": "guide q(z | x)",
         "seconds": seconds,
         **in_units(-mean, vae.config.x_dim, data_label(data_mode, vae.likelihood), std_error),

@@ -8,7 +8,10 @@ bound on log p(x), in the shape of Pyro's own ``ELBO`` family (``pyro/infer/elbo
 - :class:`ELBO`: Trace_ELBO, the Monte Carlo KL ``log q(z) - log p(z)`` at the guide's draw;
 - :class:`MeanFieldELBO`: TraceMeanField_ELBO, the analytic KL where one is registered;
 - :class:`IWAE`: the importance-weighted bound L_K of Burda et al. (2016), K = num_particles,
-  whose gradient is RenyiELBO(alpha=0)'s.
+  whose gradient is RenyiELBO(alpha=0)'s;
+- :class:`EnumELBO`: TraceEnum_ELBO, the guide's discrete sites (the missing labels of the
+  semi-supervised VAE) summed out exactly, every value in one batched pass, with the M2
+  classification term alpha * -log q(y | x) on the labels given.
 
 The importance-sampled log-likelihood (``loglik.py``) takes its log-weights from the same walk.
 Adding an objective is one class with ``@register_objective``; the registry-wide tests check
@@ -32,6 +35,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.infer import config_enumerate
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
@@ -58,10 +62,26 @@ class SiteTerms:
     raw_log_q: Tensor
     raw_kl: Tensor
     estimators: dict[str, str] = field(default_factory=dict)
+    # Enumerated walks (EnumELBO): every field above is [E, P, B], E the values of the guide's
+    # discrete sites, and this is log q of each value [E, P, B] (unmasked: the weights of the
+    # sum over them, as Pyro's Dice weighs enumerated sites). None when nothing is enumerated.
+    enum_log_q: Tensor | None = None
+    # Masked observations (Pyro's obs_mask: a label observed on some images, drawn by the
+    # guide on the rest): the guide's log q of the observed values [P, B] (0 elsewhere), and
+    # which images are observed [B] bool. None when the model has none.
+    observed_log_q: Tensor | None = None
+    observed: Tensor | None = None
 
     @property
     def num_particles(self) -> int:
-        return self.log_lik.shape[0]
+        return self.log_lik.shape[-2]
+
+    def expectation(self, value: Tensor) -> Tensor:
+        """A per-image term [(E,) P, B] -> [B]: the mean over particles, and for enumerated
+        terms the sum over the enumerated values weighted by their probability under q."""
+        if self.enum_log_q is None:
+            return value.mean(0)
+        return (self.enum_log_q.exp() * value).sum(0).mean(0)
 
     @property
     def raw_log_w(self) -> Tensor:
@@ -78,6 +98,10 @@ class ELBOTerms:
     kl: Tensor  # [B] KL(q(z | x) || p(z)) per image, analytic or Monte Carlo, unscaled
     analytic_kl: bool  # True when every latent site used an analytic KL
     estimators: dict[str, str] = field(default_factory=dict)  # latent site -> its KL estimator
+    # Images whose masked observation (the semi-supervised VAE's label) is given [B] bool, and
+    # the guide's -log q of it [B] (0 elsewhere): M2's classification term. None without.
+    labelled: Tensor | None = None
+    classification: Tensor | None = None
 
     @property
     def kl_kind(self) -> str:
@@ -105,15 +129,22 @@ def get_traces(
     particle_dim: int = -2,
     plate: str = PARTICLE_PLATE,
     always_plate: bool = False,
+    enumerate: bool = False,
 ) -> tuple[poutine.Trace, poutine.Trace]:
     """Runs the guide, then the model replayed on the guide's draws, like Pyro's ELBOs.
 
     With ``num_particles > 1`` (or ``always_plate``) both run inside an outer plate at
     ``particle_dim`` (to the left of the data plate), so every site gains a particle dimension.
+    ``enumerate``: the guide's discrete sites take all their values at once, in dimensions to
+    the left of the particle plate, as ``TraceEnum_ELBO`` runs ``config_enumerate(guide,
+    "parallel")``.
     """
     if num_particles > 1 or always_plate:
         model = pyro.plate(plate, num_particles, dim=particle_dim)(model)
         guide = pyro.plate(plate, num_particles, dim=particle_dim)(guide)
+    if enumerate:
+        first = particle_dim - 1 if num_particles > 1 or always_plate else -2
+        guide = poutine.enum(config_enumerate(guide, "parallel"), first_available_dim=first)
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     # Plates record "sample" sites of their own (subsample indices); they are not variables.
@@ -170,7 +201,14 @@ def check_traces(
                 f"the guide draws {name!r} with event shape {guide_event} but the model's "
                 f"{name!r} has {model_event}: a latent layer must have one size in both"
             )
+        if _enumerated(guide_trace.nodes[name]):
+            continue  # summed out exactly: no gradient estimator needed
         if need_rsample and not getattr(fn, "has_rsample", False):
+            if getattr(fn, "has_enumerate_support", False):
+                raise ValueError(
+                    f"the guide's site {name!r} ({type(fn).__name__}) is discrete: sum it out "
+                    "with the objective EnumELBO (--elbo enum; Pyro's TraceEnum_ELBO)"
+                )
             raise ValueError(
                 f"the guide's site {name!r} ({type(fn).__name__}) is not reparameterized: "
                 "the objectives have no score-function term; use pyro.infer.Trace_ELBO, "
@@ -189,9 +227,45 @@ def check_traces(
     return batch
 
 
-def _per_image(t: Tensor | float, num_particles: int, batch: int, ref: Tensor) -> Tensor:
-    """A site term of shape [P, B], [B] or a scalar -> [P, B]."""
+def _enumerated(site: dict) -> bool:
+    return site["infer"].get("_enumerate_dim") is not None
+
+
+def _enum_shape(guide_trace: poutine.Trace, particle_dim: int) -> tuple[int, ...]:
+    """The sizes of the enumeration dims, left of the particle plate: () when none."""
+    dims = {
+        s["infer"]["_enumerate_dim"]: s["value"].shape[s["infer"]["_enumerate_dim"]]
+        for s in _sample_sites(guide_trace)
+        if _enumerated(s)
+    }
+    if not dims:
+        return ()
+    low = min(dims)
+    shape = [1] * (particle_dim - low)
+    for dim, size in dims.items():
+        shape[dim - low] = size
+    return tuple(shape)
+
+
+def _masked_observation(name: str, model_trace: poutine.Trace) -> str | None:
+    """For the observed half of a Pyro ``obs_mask`` site ("y_observed"), the name of its
+    latent half ("y_unobserved"), which the guide draws; None for any other site."""
+    if not name.endswith("_observed"):
+        return None
+    latent = name.removesuffix("_observed") + "_unobserved"
+    site = model_trace.nodes.get(latent)
+    return latent if site is not None and not site["is_observed"] else None
+
+
+def _per_image(
+    t: Tensor | float, num_particles: int, batch: int, ref: Tensor, enum: tuple[int, ...] = ()
+) -> Tensor:
+    """A site term of shape [P, B], [B] or a scalar -> [P, B]; with enumeration dims ``enum``
+    (broadcasting against [*enum, P, B]) -> [E, P, B], E their product."""
     t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
+    if enum:
+        size = math.prod(enum)
+        return t.expand(*enum, num_particles, batch).reshape(size, num_particles, batch)
     if t.dim() < 2:
         t = t.expand(batch) if t.dim() == 0 else t.reshape(batch)
         return t.expand(num_particles, batch)
@@ -237,9 +311,15 @@ def walk(
     need_rsample: bool = True,
     plate: str = PARTICLE_PLATE,
     always_plate: bool = False,
+    enumerate: bool = False,
 ) -> SiteTerms:
     """The per-image terms of ``model``/``guide`` on ``args`` (e.g. ``x, y``): the one trace
     walk every objective, the evaluation and the importance-sampled NLL share.
+
+    ``enumerate``: the guide's discrete sites are enumerated (:func:`get_traces`); the terms
+    are then [E, P, B] with the weights ``enum_log_q``. The observed half of a Pyro
+    ``obs_mask`` site ("y_observed") counts with the latent it belongs to, in log p(z, y), not
+    in log p(x | z); its deterministic site ("y") counts nothing.
 
     Observed sites make up log p(x | z). Latent sites make up the KL: ``kl_divergence(q, p)``
     where ``analytic_kl``, one is registered and the closed form is the site's term
@@ -247,6 +327,7 @@ def walk(
     TraceMeanField_ELBO fallback). ``estimators`` in the result says which, per site. Raises
     ValueError for a model/guide pair the terms would get wrong (see :func:`check_traces`).
     """
+    always_plate = always_plate or enumerate  # enumeration dims sit left of the particles
     model_trace, guide_trace = get_traces(
         model,
         guide,
@@ -254,21 +335,40 @@ def walk(
         num_particles=num_particles,
         plate=plate,
         always_plate=always_plate,
+        enumerate=enumerate,
     )
     batch = check_traces(model_trace, guide_trace, need_rsample=need_rsample)
     closed_form = analytic_sites(model_trace, guide_trace) if analytic_kl else set()
     scaled = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
     raw = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
     estimators: dict[str, str] = {}
+    enum_log_q, observed_log_q, observed = [], [], None
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or site["infer"].get("_deterministic"):
             continue
         log_p = _masked(site["fn"].log_prob(site["value"]), site)
+        latent = _masked_observation(name, model_trace) if site["is_observed"] else None
+        if latent is not None:
+            # log p(y) of the given labels: a prior term, with no guide density of its own.
+            raw["log_p"].append(log_p)
+            scaled["log_p"].append(_scaled(log_p, site))
+            raw["kl"].append(-log_p)
+            scaled["kl"].append(-_scaled(log_p, site))
+            q = guide_trace.nodes[latent]["fn"]
+            observed_log_q.append(_masked(q.log_prob(site["value"]), site))
+            given = torch.ones(batch, dtype=torch.bool, device=log_p.device)
+            given = given if site["mask"] is None else given & site["mask"].reshape(-1, batch)[0]
+            observed = given if observed is None else observed | given
+            continue
         if site["is_observed"]:
             raw["log_lik"].append(log_p)
             scaled["log_lik"].append(_scaled(log_p, site))
             continue
         guide_site = guide_trace.nodes[name]
+        if _enumerated(guide_site):
+            # The weights of the exact sum: q of each value, unmasked (a masked image's
+            # enumerated values carry terms that do not depend on them, and sum to 1).
+            enum_log_q.append(guide_site["fn"].log_prob(guide_site["value"]))
         log_q = _masked(guide_site["fn"].log_prob(guide_site["value"]), guide_site)
         kl = None
         if name in closed_form:
@@ -277,6 +377,8 @@ def walk(
             except NotImplementedError:
                 pass
         estimators[name] = "monte-carlo" if kl is None else "analytic"
+        if _enumerated(guide_site):
+            estimators[name] = "enumerated"
         raw["log_p"].append(log_p)
         raw["log_q"].append(log_q)
         scaled["log_p"].append(_scaled(log_p, site))
@@ -289,14 +391,18 @@ def walk(
             scaled["kl"].append(_scaled(kl, guide_site))
     ref = raw["log_lik"][0]
     p = num_particles if num_particles > 1 or always_plate else 1
+    enum = _enum_shape(guide_trace, -2) if enumerate else ()
 
-    def total(terms: list[Tensor]) -> Tensor:
-        return sum(_per_image(t, p, batch, ref) for t in terms)
+    def total(terms: list[Tensor], lead: tuple[int, ...] = enum) -> Tensor:
+        return sum(_per_image(t, p, batch, ref, lead) for t in terms)
 
     return SiteTerms(
         **{k: total(v) for k, v in scaled.items()},
         **{f"raw_{k}": total(v) for k, v in raw.items()},
         estimators=estimators,
+        enum_log_q=total(enum_log_q) if enum else None,
+        observed_log_q=total(observed_log_q, ()) if observed_log_q else None,
+        observed=observed,
     )
 
 
@@ -311,6 +417,9 @@ class Objective:
     name: ClassVar[str]  # the registry's name (the CLI's --elbo)
     label: ClassVar[str]  # what the metrics call it
     analytic_kl: ClassVar[bool] = False
+    enumerates: ClassVar[bool] = False  # sums the guide's discrete sites out (walk's enumerate)
+    # The sums a training step reports beside the loss (stat_sums), in order.
+    stat_names: ClassVar[tuple[str, ...]] = ("recon", "kl")
 
     def __init__(self, num_particles: int = 1) -> None:
         if num_particles < 1:
@@ -322,8 +431,13 @@ class Objective:
         raise NotImplementedError
 
     def pyro_equivalent(self) -> pyro.infer.ELBO:
-        """The Pyro ELBO this objective equals on the same draws (loss and gradients)."""
+        """The Pyro ELBO this objective equals on the same draws (loss and gradients), run on
+        :meth:`pyro_guide` of the guide."""
         raise NotImplementedError
+
+    def pyro_guide(self, guide: Callable) -> Callable:
+        """The guide as :meth:`pyro_equivalent` takes it (TraceEnum_ELBO: enumerated)."""
+        return guide
 
     def test_estimate(self) -> Objective:
         """The ELBO estimator whose test -ELBO a run of this objective reports every epoch."""
@@ -336,15 +450,26 @@ class Objective:
 
     def terms(self, model: Callable, guide: Callable, *args) -> ELBOTerms:
         t = walk(
-            model, guide, *args, num_particles=self.num_particles, analytic_kl=self.analytic_kl
+            model,
+            guide,
+            *args,
+            num_particles=self.num_particles,
+            analytic_kl=self.analytic_kl,
+            enumerate=self.enumerates,
         )
         return ELBOTerms(
             loss=-self.bound(t).sum(),
-            log_lik=t.raw_log_lik.mean(0),
-            kl=t.raw_kl.mean(0),
+            log_lik=t.expectation(t.raw_log_lik),
+            kl=t.expectation(t.raw_kl),
             analytic_kl=self.analytic_kl and all(v == "analytic" for v in t.estimators.values()),
             estimators=t.estimators,
+            labelled=t.observed,
+            classification=None if t.observed_log_q is None else -t.observed_log_q.mean(0),
         )
+
+    def stat_sums(self, t: ELBOTerms) -> list[Tensor]:
+        """The batch's sums named by ``stat_names``, detached: -E_q log p(x | z), the KL."""
+        return [-t.log_lik.sum().detach(), t.kl.sum().detach()]
 
     def __call__(self, model: Callable, guide: Callable) -> nn.Module:
         return ObjectiveLoss(self, model, guide)
@@ -451,6 +576,83 @@ class IWAE(Objective):
 
     def pyro_equivalent(self) -> pyro.infer.ELBO:
         return pyro.infer.RenyiELBO(alpha=0, **_pyro_kwargs(self))
+
+
+@register_objective
+class EnumELBO(ELBO):
+    """TraceEnum_ELBO: the ELBO with the guide's discrete sites summed out exactly.
+
+    For the semi-supervised VAE (M2, Kingma et al. 2014) the missing labels: the guide's site
+    "y_unobserved" takes its C values in one batched pass (a dimension of size C left of the
+    particles), and each value's terms are weighted by q(y | x)::
+
+        labelled:    log p(x, y) >= E_q[log p(x | y, z)] - KL(q(z | x, y) || p(z | y)) + log p(y)
+        unlabelled:  log p(x)    >= sum_y q(y | x) (that bound at y) + H(q(y | x))
+
+    z stays a Monte Carlo draw (Trace_ELBO's estimator), one per value of y. On a model without
+    discrete guide sites it is :class:`ELBO`. ``alpha``: the weight of M2's classification term
+    alpha * -log q(y | x) per labelled image, added to the loss (not to the bound, nor to the
+    reported terms); the paper's alpha = 0.1 N for the mean over the labelled images is
+    0.1 N / (labelled images per epoch) here (``semi_supervised_alpha``), as the loss is a sum
+    over a batch's images.
+    """
+
+    name = "enum"
+    label = "TraceEnum_ELBO"
+    enumerates = True
+    stat_names = (*ELBO.stat_names, "labelled_neg_elbo", "labelled", "classification")
+
+    def __init__(self, num_particles: int = 1, alpha: float = 0.0) -> None:
+        super().__init__(num_particles)
+        if not alpha >= 0:
+            raise ValueError(f"the classification weight alpha must be at least 0, got {alpha}")
+        self.alpha = float(alpha)
+
+    def bound(self, t: SiteTerms) -> Tensor:
+        return t.expectation(t.log_lik - t.kl)
+
+    def terms(self, model: Callable, guide: Callable, *args) -> ELBOTerms:
+        t = super().terms(model, guide, *args)
+        if self.alpha and t.classification is not None:
+            t.loss = t.loss + self.alpha * t.classification.sum()
+        return t
+
+    def stat_sums(self, t: ELBOTerms) -> list[Tensor]:
+        """Also the labelled images' -ELBO sum, their number and their -log q(y | x) sum."""
+        if t.labelled is None:
+            zero = t.log_lik.new_zeros(())
+            return [*super().stat_sums(t), zero, zero, zero]
+        given = t.labelled.to(t.log_lik.dtype)
+        neg_elbo = (given * (t.kl - t.log_lik)).sum()
+        sums = [neg_elbo, given.sum(), t.classification.sum()]
+        return [*super().stat_sums(t), *(v.detach() for v in sums)]
+
+    def test_estimate(self) -> Objective:
+        return EnumELBO(self.num_particles)
+
+    def pyro_equivalent(self) -> pyro.infer.ELBO:
+        return pyro.infer.TraceEnum_ELBO(**_pyro_kwargs(self), strict_enumeration_warning=False)
+
+    def pyro_guide(self, guide: Callable) -> Callable:
+        return config_enumerate(guide, "parallel")
+
+    def __repr__(self) -> str:
+        return f"EnumELBO(num_particles={self.num_particles}, alpha={self.alpha:g})"
+
+
+# The M2 paper's weight of the classification term on the mean over the labelled images:
+# alpha = 0.1 N, N the number of training images (Kingma et al. 2014, section 3.2).
+PAPER_ALPHA_PER_IMAGE = 0.1
+
+
+def semi_supervised_alpha(num_images: int, labelled_per_epoch: int) -> float:
+    """The paper's alpha = 0.1 N on the mean over the labelled images, per labelled image of a
+    batch: 0.1 N / (labelled images an epoch shows), since the loss here sums over a batch's
+    images and an epoch is a pass over the N images. E.g. 60 for 100 labels of MNIST's 60000
+    images, each seen once an epoch."""
+    if labelled_per_epoch < 1:
+        raise ValueError("a semi-supervised run needs at least one labelled image an epoch")
+    return PAPER_ALPHA_PER_IMAGE * num_images / labelled_per_epoch
 
 
 def elbo_terms(

@@ -48,7 +48,8 @@ def trace_step(loss: nn.Module, x: Tensor, y: Tensor | None) -> torch.fx.GraphMo
     """The forward and backward of ``loss`` on inputs shaped like ``x``, ``y`` as one graph.
 
     The graph takes ``(trainable, constant, x[, y])`` (:func:`split_parameters`) and returns
-    ``(metrics [3], bad [] bool, *grads)``: ``metrics`` = [loss, recon sum, KL sum], ``bad``
+    ``(metrics, bad [] bool, *grads)``: ``metrics`` = [loss, recon sum, KL sum, ...] (the
+    objective's ``stat_names``), ``bad``
     true when the loss or a gradient is not finite, one gradient per trainable parameter.
     Traced with fake tensors: nothing is computed and any data-dependent Python ``if`` or host
     read fails here, at tracing, rather than leaving a sync in the graph. Tensors the model
@@ -63,13 +64,13 @@ def trace_step(loss: nn.Module, x: Tensor, y: Tensor | None) -> torch.fx.GraphMo
     def step(params: list[Tensor], constants: list[Tensor], x: Tensor, *y: Tensor):
         state = dict(zip(names, [*params, *constants], strict=True))
         with torch.enable_grad():
-            value, recon, kl = torch.func.functional_call(loss, state, (x, y[0] if y else None))
+            value, *stats = torch.func.functional_call(loss, state, (x, y[0] if y else None))
             grads = torch.autograd.grad(value, params, allow_unused=True) if params else ()
         grads = [
             torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
         ]
         finite = torch.stack([value.isfinite(), *(g.isfinite().all() for g in grads)]).all()
-        return (torch.stack([value.detach(), recon, kl]), ~finite, *grads)
+        return (torch.stack([value.detach(), *stats]), ~finite, *grads)
 
     params = [p.detach().requires_grad_(True) for p in trainable]
     constants = [c.detach() for c in constant]
@@ -117,12 +118,12 @@ def eager_reference(
     is untouched). Runs the model as the eager step does, errors and all."""
     with torch.random.fork_rng(devices=_devices(x)):
         torch.manual_seed(seed)
-        value, recon, kl = loss(x, y)
+        value, *stats = loss(x, y)
         # After the forward: in Pyro's default mode the param store sets requires_grad then.
         trainable, _ = split_parameters(loss)
         grads = torch.autograd.grad(value, trainable, allow_unused=True) if trainable else ()
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(trainable, grads, strict=True)]
-    return torch.stack([value.detach(), recon, kl]), grads
+    return torch.stack([value.detach(), *stats]), grads
 
 
 def check_against_eager(

@@ -64,8 +64,9 @@ class ELBOLoss(nn.Module):
 
     ``objective``: an :class:`~pyro_vae.inference.objectives.Objective`, or its registry name
     with ``num_particles``. ``forward(x, y)`` returns ``(loss * loss_scale, sum of -E_q log
-    p(x|z), sum of KL)``: the loss is summed over the batch's images and differentiable (the
-    training objective, weights and all); the two sums are the unweighted ELBO's (detached).
+    p(x|z), sum of KL, ...)``: the loss is summed over the batch's images and differentiable
+    (the training objective, weights and all); the sums (the objective's ``stat_names``) are
+    the unweighted ELBO's (detached).
     """
 
     def __init__(
@@ -82,9 +83,9 @@ class ELBOLoss(nn.Module):
         self.objective = objective
         self.loss_scale = loss_scale
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, ...]:
         t = self.objective.terms(self.vae.model, self.vae.guide, x, y)
-        return t.loss * self.loss_scale, -t.log_lik.sum().detach(), t.kl.sum().detach()
+        return t.loss * self.loss_scale, *self.objective.stat_sums(t)
 
 
 def parameters_finite(module: nn.Module) -> bool:
@@ -113,8 +114,8 @@ class StepKind:
 
 @register_step
 class EagerStep(StepKind):
-    """Pyro's model and guide run every step; returns [loss, recon sum, KL sum] and a
-    non-finite flag, both on the device (no host read).
+    """Pyro's model and guide run every step; returns [loss, recon sum, KL sum, ...] (the
+    objective's ``stat_names``) and a non-finite flag, both on the device (no host read).
 
     ``loss`` is an :class:`ELBOLoss`, or one wrapped in ``DistributedDataParallel`` whose
     gradient hooks average over the ranks during ``backward``; ``loss_scale`` is the factor
@@ -133,11 +134,11 @@ class EagerStep(StepKind):
 
     def __call__(self, x: Tensor, y: Tensor | None, full: bool = True) -> tuple[Tensor, Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
-        loss, recon, kl = self.loss(x, y)
+        loss, *stats = self.loss(x, y)
         loss.backward()
         self.optimizer.step()
         value = loss.detach() / self.loss_scale
-        return torch.stack([value, recon, kl]), ~value.isfinite()
+        return torch.stack([value, *stats]), ~value.isfinite()
 
 
 class TracedStep(StepKind):

@@ -104,6 +104,21 @@ class VAEConfig:
     likelihood_scale: float | None = setting(
         None, "fixed scale for gaussian/laplace", parse=positive_float, shown="learned per pixel"
     )
+    # The semi-supervised VAE (M2, Kingma et al. 2014): q(y | x) in the guide, a label site "y"
+    # in the model, observed where y >= 0 and summed out where y = -1. "none": every label is
+    # given (the conditional VAE). The command line's "auto" is conv with --labelled, else none.
+    classifier: str = setting(
+        "none",
+        "q(y | x), the classifier of the semi-supervised VAE (M2): conv, mlp, or none (every "
+        "label given); auto: conv with --labelled, else none",
+        choices=lambda: ["auto", "none", *registry_names("classifiers")()],
+        cli_default=lambda: "auto",
+        keeps_run=("auto",),
+    )
+    # One layer of 500 units is the M2 paper's (and Pyro's tutorial's) q(y | x).
+    classifier_dims: tuple[int, ...] = setting(
+        (500,), "the hidden layers of q(y | x), after conv's convolutions", parse=sizes
+    )
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -111,6 +126,7 @@ class VAEConfig:
         self.x_dim, self.image_shape = resolve_image_shape(self.x_dim, self.image_shape)
         self.latent_dims = tuple(int(h) for h in self.latent_dims)
         self.latent_hidden_dims = tuple(int(h) for h in self.latent_hidden_dims)
+        self.classifier_dims = tuple(int(h) for h in self.classifier_dims)
         check_settings(self)
         if self.latent_dims:
             top = self.latent_dims[-1]
@@ -141,11 +157,17 @@ class VAEConfig:
         """C: 1 for grayscale images, 3 for RGB."""
         return self.image_shape[0]
 
+    @property
+    def semi_supervised(self) -> bool:
+        """True for the semi-supervised VAE (M2): q(y | x) in the guide, labels may be -1."""
+        return self.classifier != "none"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         for name in ("hidden_dims", "conv_channels", "image_shape", "latent_dims"):
             d[name] = list(d[name])
         d["latent_hidden_dims"] = list(d["latent_hidden_dims"])
+        d["classifier_dims"] = list(d["classifier_dims"])
         return d
 
     @classmethod

@@ -13,6 +13,10 @@ neither. What the VAE calls, for images of D = C * H * W values:
   leading dims (the ELBO's vectorized particles, the NLL's sample plate) must be kept: a conv
   decoder folds them into its batch and restores them, as ``networks.ConvDecoder`` does.
 
+The semi-supervised VAE enumerates the labels its guide draws: the encoder and decoder then
+see every label beside every image, folded into the batch (y_onehot [B', num_classes]), so the
+contract above holds for them too.
+
 The pair is checked once, when the VAE is built, on a batch of zeros (the modules in eval mode
 for that call, so batch-norm statistics and dropout are left alone), with a one-line error when
 an output does not fit. Their parameters train with the VAE's, in both of Pyro's modes.
@@ -38,7 +42,16 @@ class CustomEncoder(PyroModule):
         self.net = net
 
     def forward(self, x: Tensor, y_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.net(x) if y_onehot is None else self.net(x, y_onehot)
+        if y_onehot is None:
+            return self.net(x)
+        if y_onehot.dim() == 2:
+            return self.net(x, y_onehot)
+        # More labels than images (y [E, ..., B, K], the labels a semi-supervised guide
+        # enumerates): the contract's [B', C, H, W] and [B', K], every label with its image.
+        lead = y_onehot.shape[:-1]
+        images = x.expand(*lead, *x.shape[-3:]).reshape(-1, *x.shape[-3:])
+        loc, scale = self.net(images, y_onehot.reshape(-1, y_onehot.shape[-1]))
+        return loc.reshape(*lead, -1), scale.reshape(*lead, -1)
 
 
 class CustomDecoder(PyroModule):
@@ -49,7 +62,15 @@ class CustomDecoder(PyroModule):
         self.net = net
 
     def forward(self, z: Tensor, y_onehot: Tensor | None = None) -> Tensor:
-        return self.net(z) if y_onehot is None else self.net(z, y_onehot)
+        if y_onehot is None:
+            return self.net(z)
+        if y_onehot.dim() == 2:
+            return self.net(z, y_onehot)
+        # Enumerated labels (y [E, ..., B, K]): z and y broadcast and folded to [B', .].
+        lead = torch.broadcast_shapes(z.shape[:-1], y_onehot.shape[:-1])
+        flat_z = z.expand(*lead, z.shape[-1]).reshape(-1, z.shape[-1])
+        flat_y = y_onehot.expand(*lead, y_onehot.shape[-1]).reshape(-1, y_onehot.shape[-1])
+        return self.net(flat_z, flat_y).reshape(*lead, -1)
 
 
 def custom_networks(

@@ -67,14 +67,16 @@ def mlp(in_dim: int, hidden_dims: tuple[int, ...], out_dim: int, activation: str
 
 
 def with_label(h: Tensor, y_onehot: Tensor | None) -> Tensor:
-    """Appends the one-hot label to a network input, broadcasting leading (particle) dims.
+    """Appends the one-hot label to a network input, broadcasting the leading dims of both
+    (particles; the labels a semi-supervised guide enumerates).
 
-    h: [..., B, D], y_onehot: [B, C] or None -> [..., B, D + C].
+    h: [..., B, D], y_onehot: [..., B, C] or None -> [..., B, D + C].
     """
     if y_onehot is None:
         return h
-    y_onehot = y_onehot.to(h.dtype).expand(*h.shape[:-1], y_onehot.shape[-1])
-    return torch.cat([h, y_onehot], dim=-1)
+    lead = torch.broadcast_shapes(h.shape[:-1], y_onehot.shape[:-1])
+    y_onehot = y_onehot.to(h.dtype).expand(*lead, y_onehot.shape[-1])
+    return torch.cat([h.expand(*lead, h.shape[-1]), y_onehot], dim=-1)
 
 
 def loc_and_scale(out: Tensor, z_dim: int) -> tuple[Tensor, Tensor]:
@@ -102,7 +104,21 @@ class Encoder(PyroModule):
         self.net = mlp(x_dim + num_classes, hidden_dims, 2 * z_dim, activation)
 
     def forward(self, x: Tensor, y_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return loc_and_scale(self.net(with_label(x.flatten(-3), y_onehot)), self.z_dim)
+        x = x.flatten(-3)
+        if y_onehot is not None and y_onehot.dim() > x.dim():
+            out = self._every_label(x, y_onehot)
+        else:
+            out = self.net(with_label(x, y_onehot))
+        return loc_and_scale(out, self.z_dim)
+
+    def _every_label(self, x: Tensor, y_onehot: Tensor) -> Tensor:
+        """The same network on x [B, D] under more labels than images (y [E, ..., B, C], the
+        labels a semi-supervised guide enumerates): the first layer's x part is computed once,
+        not E times (W [x, y] = W_x x + W_y y)."""
+        first, d = self.net[0], x.shape[-1]
+        h = F.linear(x, first.weight[:, :d], first.bias)
+        h = h + F.linear(y_onehot.to(x.dtype), first.weight[:, d:])
+        return self.net[1:](h)
 
 
 class LatentLayer(Encoder):
@@ -113,6 +129,17 @@ class LatentLayer(Encoder):
 
     def forward(self, z: Tensor, y_onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return loc_and_scale(self.net(with_label(z, y_onehot)), self.z_dim)
+
+    def _every_label(self, x: Tensor, y_onehot: Tensor) -> Tensor:
+        """The same network on x [B, D] under more labels than images (y [E, ..., B, C], the
+        labels a semi-supervised guide enumerates): the first layer's x part is computed once,
+        not E times (W [x, y] = W_x x + W_y y)."""
+        net = self.net
+        first = net[0]
+        d = x.shape[-1]
+        h = F.linear(x, first.weight[:, :d], first.bias)
+        h = h + F.linear(y_onehot.to(x.dtype), first.weight[:, d:])
+        return net[1:](h)
 
 
 class Decoder(PyroModule):

@@ -52,6 +52,11 @@ class UserModelConfig:
     sites: list[str] = field(default_factory=list)  # latent sites, in the guide's order
     params: list[str] = field(default_factory=list)  # the pyro.param names it serves
 
+    @property
+    def semi_supervised(self) -> bool:
+        """Never: the library's label site and classifier are the VAE's (``VAE(classifier=)``)."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -189,6 +194,10 @@ class UserModel(nn.Module):
     def sites(self) -> list[str]:
         """The latent sites, in the guide's order (known after :meth:`setup`)."""
         return list(self.config.sites)
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.config.semi_supervised
 
     @property
     def kl_weight(self) -> float:

@@ -29,6 +29,21 @@ the encoder's head and the decoder's first layer).
 Images of shape (C, H, W) are D = C * H * W values, flat [B, D] in the model and the guide
 (the likelihood scores one event over all D); the encoder sees them as [B, C, H, W]
 (``networks.py`` states the contract every encoder and decoder keeps).
+
+The semi-supervised VAE (Kingma et al. 2014, "M2") is the same model and guide built with a
+``classifier`` as well; labels may then be missing, written y = -1::
+
+    model:  y_n ~ Categorical(1/C)     site "y": observed where y_n >= 0 (Pyro's obs_mask)
+            z_n ~ p(z | y_n),  x_n ~ p(x | decoder(z_n, y_n))
+    guide:  y_n ~ q(y | x_n)           site "y_unobserved", only where y_n = -1 (masked)
+            z_n ~ N(loc(x_n, y_n), diag(scale(x_n, y_n)^2))
+
+Pyro's ``obs_mask`` splits "y" into the sample sites "y_observed" (the given labels) and
+"y_unobserved" (the missing ones, which the guide draws), and records the interleaved labels
+as the deterministic site "y". Labelled and unlabelled images may share a batch; ``y=None``
+means every label is missing. ``TraceEnum_ELBO`` with ``config_enumerate(guide, "parallel")``
+sums y out exactly, as does the library's ``EnumELBO``. With stacked latents the label goes
+to every layer, as for the conditional VAE.
 """
 
 from __future__ import annotations
@@ -47,6 +62,7 @@ from torch import Tensor, nn
 
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.custom_networks import custom_networks
+from pyro_vae.models.label_encoder import build_classifier
 from pyro_vae.models.likelihoods import Likelihood, build_likelihood
 from pyro_vae.models.networks import LatentLayer, build_networks
 from pyro_vae.models.priors import PriorLike, as_latent_event, build_prior
@@ -55,18 +71,25 @@ from pyro_vae.models.priors import PriorLike, as_latent_event, build_prior
 _VAE_NUMBERS = itertools.count()
 
 
+# The label of an image whose label is missing (the semi-supervised VAE's data convention).
+UNLABELLED = -1
+
+
 def check_labels(
     y: Tensor | None,
     num_classes: int,
     batch_size: int | None,
     device: torch.device | None = None,
+    unlabelled: bool = False,
 ) -> None:
     """Raises ValueError for labels that do not fit the model; runs before any network.
 
     y: [B] LongTensor in [0, num_classes), or None for an unconditional model. ``batch_size``
     (when known) is B; ``device`` (when given) is where the images or parameters live.
+    ``unlabelled``: the semi-supervised VAE, whose labels may also be -1 (missing), or None
+    (all missing).
     """
-    if num_classes and y is None:
+    if num_classes and y is None and not unlabelled:
         raise ValueError(
             f"this VAE is conditional (num_classes={num_classes}): pass the labels y as a "
             "LongTensor of shape [batch]"
@@ -99,6 +122,18 @@ def check_labels(
     # on load, instead (ImageData.validate).
     if y.numel() and is_validation_enabled():
         lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one host read for both bounds
+        if unlabelled:
+            if lo < UNLABELLED or hi >= num_classes:
+                raise ValueError(
+                    f"labels must lie in [0, {num_classes}) or be {UNLABELLED} (missing), got "
+                    f"values in [{lo}, {hi}]"
+                )
+            return
+        if lo == UNLABELLED and hi < num_classes:
+            raise ValueError(
+                f"label {UNLABELLED} (missing) needs the semi-supervised VAE: build it with a "
+                "classifier q(y | x) (classifier='conv' or 'mlp'; --labelled on the command line)"
+            )
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
 
@@ -170,7 +205,11 @@ def _positive(value: float) -> float:
 
 class VAEModel(PyroModule):
     """p(x, z | y): prior, decoder, likelihood (and, for stacked latents, p(z_l | z_l+1) in
-    ``layers``, bottom pair first). Call as ``model(x, y)``; x=None samples x."""
+    ``layers``, bottom pair first). Call as ``model(x, y)``; x=None samples x.
+
+    The semi-supervised VAE's model (``config.semi_supervised``) is p(x, y, z): its label site
+    "y" is observed where y >= 0 and latent where y = -1 (or y is None).
+    """
 
     def __init__(
         self,
@@ -191,12 +230,13 @@ class VAEModel(PyroModule):
         self.z_dim = config.z_dim
         self.config = config
         self.num_classes = config.num_classes
+        self.semi_supervised = config.semi_supervised
 
     def forward(
         self, x: Tensor | None = None, y: Tensor | None = None, batch_size: int | None = None
     ) -> Tensor:
-        """x: [B, x_dim] (or [B, C, H, W]) or None; y: [B] labels or None; batch_size when
-        both are None.
+        """x: [B, x_dim] (or [B, C, H, W]) or None; y: [B] labels (-1: missing,
+        semi-supervised) or None; batch_size when both are None.
 
         Returns the decoder's raw output [..., B, params_per_pixel * x_dim].
         """
@@ -204,14 +244,16 @@ class VAEModel(PyroModule):
             x = _flat_images(x, self.config)
         n = x.shape[0] if x is not None else batch_size
         device = x.device if x is not None else _device_of(self.decoder)
-        check_labels(y, self.num_classes, n, device)
+        check_labels(y, self.num_classes, n, device, unlabelled=self.semi_supervised)
         n = y.shape[0] if n is None and y is not None else n
         if n is None:
             raise ValueError("give images x, labels y or batch_size, so the model knows how many")
         # Pixels outside the likelihood's support fail in Pyro's validation of the "x" site,
         # with a message that says the fix (likelihoods.Likelihood.pixels): no extra pass here.
-        y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
         with pyro.plate("data", n):
+            if self.semi_supervised:
+                y = self._label(y, n, device)
+            y_onehot = F.one_hot(y, self.num_classes).float() if y is not None else None
             with poutine.scale(scale=self.kl_weight.value):
                 z = pyro.sample(self.sites[-1], as_latent_event(self.prior(y), self.z_dim))
                 # Top-down: p(z_l | z_l+1) for l = L-1 .. 1 (none for one layer).
@@ -222,14 +264,37 @@ class VAEModel(PyroModule):
             pyro.sample("x", self.likelihood(out), obs=x)
         return out
 
+    def _label(self, y: Tensor | None, n: int, device: torch.device | None) -> Tensor:
+        """y ~ p(y) = Categorical(1/C), observed where y >= 0: the labels [..., B], each
+        missing one drawn (or, under enumeration, every value in turn)."""
+        if y is None:
+            y = torch.full((n,), UNLABELLED, dtype=torch.long, device=device)
+        ref = next(self.decoder.parameters())
+        uniform = dist.Categorical(logits=ref.new_zeros(self.num_classes))
+        return pyro.sample("y", uniform, obs=y.clamp(min=0), obs_mask=y >= 0)
+
 
 class VAEGuide(PyroModule):
     """q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2)); for stacked latents q(z_1 | x, y) and
-    then q(z_l+1 | z_l, y) from ``layers``, bottom pair first. Call as ``guide(x, y)``."""
+    then q(z_l+1 | z_l, y) from ``layers``, bottom pair first. Call as ``guide(x, y)``.
 
-    def __init__(self, encoder: nn.Module, config: VAEConfig, kl_weight: KLWeight | None = None):
+    With a ``classifier`` (the semi-supervised VAE) it is q(y, z | x) where labels are
+    missing: y ~ q(y | x) = Categorical(logits=classifier(x)) at the site "y_unobserved",
+    masked where the label is given, then z ~ q(z | x, y).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        config: VAEConfig,
+        kl_weight: KLWeight | None = None,
+        classifier: nn.Module | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
+        # After the encoder: the order of parameters() (an optimizer's saved state) of a VAE
+        # without one is what it was before classifiers existed.
+        self.classifier = classifier
         # The model's weight, held by reference (a tuple hides it from registration), so the
         # two sites of "z" are scaled alike and the buffer belongs to the model alone.
         self._kl_weight = (kl_weight or KLWeight(),)
@@ -246,16 +311,32 @@ class VAEGuide(PyroModule):
         if x is None:
             raise ValueError("the guide q(z | x) needs images x")
         x = _flat_images(x, self.config)
-        check_labels(y, self.num_classes, x.shape[0], x.device)
-        y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
-        with pyro.plate("data", x.shape[0]), poutine.scale(scale=self._kl_weight[0].value):
-            loc, scale = self.encoder(x.unflatten(-1, self.config.image_shape), y_onehot)
-            z = pyro.sample(self.sites[0], dist.Normal(loc, scale).to_event(1))
-            # Bottom-up: q(z_l+1 | z_l) for l = 1 .. L-1 (none for one layer).
-            for site, layer in zip(self.sites[1:], self.layers, strict=True):
-                loc, scale = layer(z, y_onehot)
-                z = pyro.sample(site, dist.Normal(loc, scale).to_event(1))
-            return z
+        semi = self.classifier is not None
+        check_labels(y, self.num_classes, x.shape[0], x.device, unlabelled=semi)
+        images = x.unflatten(-1, self.config.image_shape)
+        with pyro.plate("data", x.shape[0]):
+            if semi:
+                y = self._label(images, y)
+            y_onehot = F.one_hot(y, self.num_classes).to(x.dtype) if y is not None else None
+            with poutine.scale(scale=self._kl_weight[0].value):
+                loc, scale = self.encoder(images, y_onehot)
+                z = pyro.sample(self.sites[0], dist.Normal(loc, scale).to_event(1))
+                # Bottom-up: q(z_l+1 | z_l) for l = 1 .. L-1 (none for one layer).
+                for site, layer in zip(self.sites[1:], self.layers, strict=True):
+                    loc, scale = layer(z, y_onehot)
+                    z = pyro.sample(site, dist.Normal(loc, scale).to_event(1))
+                return z
+
+    def _label(self, images: Tensor, y: Tensor | None) -> Tensor:
+        """The given labels, and y ~ q(y | x) where they are missing: [..., B]. images:
+        [B, C, H, W]."""
+        if y is None:
+            y = torch.full(images.shape[:1], UNLABELLED, dtype=torch.long, device=images.device)
+        given = y >= 0
+        with poutine.mask(mask=~given):
+            logits = self.classifier(images)
+            drawn = pyro.sample("y_unobserved", dist.Categorical(logits=logits))
+        return torch.where(given, y, drawn)
 
     def posterior_means(
         self, x: Tensor, y_onehot: Tensor | None = None
@@ -288,6 +369,9 @@ class VAE(PyroModule):
     shape broadcasts to [z_dim], or a module/callable ``y -> distribution``. ``likelihood`` is
     a name from ``likelihoods.LIKELIHOODS`` or a callable ``decoder output -> distribution``.
     ``kl_weight`` is beta, the weight of the KL term (``vae.kl_weight`` reads and sets it).
+    ``classifier`` (with ``num_classes``): q(y | x) of the semi-supervised VAE, a name from
+    ``label_encoder.CLASSIFIERS`` with hidden layers ``classifier_dims``; its labels may be -1
+    (missing), and ``vae.classify(x)`` gives q(y | x).
 
     ``latent_dims=(100, 50)`` stacks stochastic layers z1 (100, next to x) and z2 (50, the
     prior's); ``latent_hidden_dims`` are the MLPs between two layers. ``z_dim`` is the top
@@ -327,6 +411,8 @@ class VAE(PyroModule):
         likelihood_scale: float | None = VAEConfig.likelihood_scale,
         latent_dims: tuple[int, ...] = VAEConfig.latent_dims,
         latent_hidden_dims: tuple[int, ...] = VAEConfig.latent_hidden_dims,
+        classifier: str = VAEConfig.classifier,
+        classifier_dims: tuple[int, ...] = VAEConfig.classifier_dims,
         kl_weight: float = DEFAULT_KL_WEIGHT,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
@@ -350,6 +436,8 @@ class VAE(PyroModule):
             likelihood=likelihood if isinstance(likelihood, str) else "custom",
             prior_components=prior_components,
             likelihood_scale=likelihood_scale,
+            classifier=classifier,
+            classifier_dims=tuple(classifier_dims),
         )
         c = self.config
         lik = build_likelihood(likelihood, c)
@@ -359,7 +447,7 @@ class VAE(PyroModule):
             encoder, decoder = custom_networks(encoder, decoder, c, lik.params_per_pixel)
         # The guide first: the order of parameters() (and of an optimizer's saved state).
         weight = KLWeight(kl_weight)
-        self.guide = VAEGuide(encoder, c, weight)
+        self.guide = VAEGuide(encoder, c, weight, build_classifier(c))
         # The VampPrior's components come from the guide's way to the top layer.
         top = self.guide.top_loc_scale if c.stacked else encoder
         self.model = VAEModel(decoder, build_prior(prior, c, top), lik, c, weight)
@@ -406,6 +494,31 @@ class VAE(PyroModule):
     def kl_weight(self, value: float) -> None:
         self.model.kl_weight.set(value)
 
+    @property
+    def semi_supervised(self) -> bool:
+        """True when the guide holds q(y | x) and labels may be missing (-1)."""
+        return self.config.semi_supervised
+
+    @torch.no_grad()
+    def classify(self, x: Tensor) -> Tensor:
+        """q(y | x) of the semi-supervised VAE: class probabilities [B, num_classes]; x
+        [B, x_dim] or [B, C, H, W]."""
+        if self.guide.classifier is None:
+            raise ValueError(
+                "this VAE has no classifier q(y | x): build it with classifier='conv' or 'mlp'"
+            )
+        images = _flat_images(x, self.config).unflatten(-1, self.config.image_shape)
+        return self.guide.classifier(images).softmax(-1)
+
+    def _given(self, x: Tensor, y: Tensor | None) -> Tensor | None:
+        """The labels to condition on: y, with the semi-supervised VAE's missing ones (-1, or
+        y None) replaced by q(y | x)'s most likely class."""
+        if not self.semi_supervised:
+            return y
+        check_labels(y, self.config.num_classes, x.shape[0], x.device, unlabelled=True)
+        guess = self.classify(x).argmax(-1)
+        return guess if y is None else torch.where(y >= 0, y, guess)
+
     def _onehot(self, y: Tensor | None, n: int) -> Tensor | None:
         check_labels(y, self.config.num_classes, n, _device_of(self.model.decoder))
         return F.one_hot(y, self.config.num_classes).float() if y is not None else None
@@ -418,14 +531,18 @@ class VAE(PyroModule):
     @torch.no_grad()
     def encode_layers(self, x: Tensor, y: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         """Posterior loc and scale of every layer, bottom first, each [B, d_l], each layer
-        given the one below at its mean (:meth:`VAEGuide.posterior_means`)."""
+        given the one below at its mean (:meth:`VAEGuide.posterior_means`); a missing label
+        (semi-supervised: -1, or y None) is q(y | x)'s most likely class."""
         x = _flat_images(x, self.config)
+        y = self._given(x, y)
         return self.guide.posterior_means(x, self._onehot(y, x.shape[0]))
 
     @torch.no_grad()
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Posterior loc and scale of the top layer, each [B, z_dim]; x [B, x_dim] or
-        [B, C, H, W] (stacked latents: the layers below at their means)."""
+        [B, C, H, W] (stacked latents: the layers below at their means). A semi-supervised VAE
+        encodes an image whose label is missing (-1, or y None) under q(y | x)'s most likely
+        class."""
         return self.encode_layers(x, y)[-1]
 
     @torch.no_grad()
@@ -443,7 +560,8 @@ class VAE(PyroModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Decoder mean at the bottom layer's posterior mean, [B, x_dim] (for one layer, the
-        posterior mean of z)."""
+        posterior mean of z); a missing label (semi-supervised) is q(y | x)'s most likely."""
+        y = self._given(_flat_images(x, self.config), y)
         loc, _ = self.encode_layers(x, y)[0]
         return self._decode_bottom(loc, self._onehot(y, x.shape[0]))
 

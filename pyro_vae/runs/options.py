@@ -25,7 +25,13 @@ from typing import Any
 
 from pyro_vae.data.datasets import USAGE, DatasetSpec, parse_dataset
 from pyro_vae.data.torchvision_data import DATA_ENV, default_data_dir
-from pyro_vae.inference.objectives import OBJECTIVES, Objective, make_objective
+from pyro_vae.inference.objectives import (
+    OBJECTIVES,
+    EnumELBO,
+    Objective,
+    make_objective,
+    semi_supervised_alpha,
+)
 from pyro_vae.inference.steps import STEP_KINDS
 from pyro_vae.models.config import VAEConfig, _known_fields
 from pyro_vae.models.vae import DEFAULT_KL_WEIGHT
@@ -36,6 +42,7 @@ from pyro_vae.runtime.settings import (
     check_settings,
     flag_of,
     fraction,
+    nonnegative_float,
     positive_float,
     setting,
     settings_of,
@@ -46,7 +53,9 @@ from pyro_vae.runtime.settings import betas as two_betas
 # The data modes of TrainConfig.data_mode (the CLI's --data-mode).
 DATA_MODES = ("auto", "dynamic", "threshold", "dequantize", "none")
 # Training objectives and step kinds: their registries' names; and learning-rate schedules.
-ELBO_CHOICES = tuple(OBJECTIVES)
+# elbo "auto" is "enum" for the semi-supervised VAE (its missing labels summed out), else
+# "trace"; a run records what it resolved to.
+ELBO_CHOICES = ("auto", *OBJECTIVES)
 STEP_CHOICES = ("auto", *STEP_KINDS)
 LR_SCHEDULES = ("constant", "staged")
 DECODER_BIAS_INITS = ("default", "data-mean")
@@ -98,10 +107,13 @@ class TrainConfig:
         choices=LR_SCHEDULES,
     )
     elbo: str = setting(
-        "trace",
+        "auto",
         "trace = Trace_ELBO (Monte Carlo KL), meanfield = TraceMeanField_ELBO (analytic KL), "
-        "iwae = the importance-weighted bound L_K with K = --num-particles",
+        "iwae = the importance-weighted bound L_K with K = --num-particles, enum = "
+        "TraceEnum_ELBO (missing labels summed out); auto: enum for the semi-supervised VAE, "
+        "else trace",
         choices=ELBO_CHOICES,
+        keeps_run=("auto",),
     )
     num_particles: int = setting(1, "particles (K), vectorized", parse=POSITIVE)
     # beta-VAE and KL warm-up: a scale on the latent sites (models.vae.KLWeight), so the
@@ -181,6 +193,34 @@ class TrainConfig:
         choices=lambda: sorted(PRESETS),
         shown="none",
     )
+    # Semi-supervised (M2): the labelled images, drawn class-balanced (data/labelled.py); the
+    # others train unlabelled (y = -1), their label summed out by the objective.
+    labelled: int = setting(
+        0,
+        "semi-supervised: keep N class-balanced labels (N / classes per class, drawn with "
+        "--label-seed), the other training images unlabelled; needs --num-classes",
+        parse=NONNEGATIVE,
+        shown="0: every label",
+    )
+    label_seed: int = setting(0, "seed of the draw of --labelled's images", parse=int)
+    labelled_per_batch: int = setting(
+        0,
+        "semi-supervised: labelled images in every batch (cycled), beside batch size - M "
+        "unlabelled; 0: they come in the epoch's shuffled order like the others",
+        parse=NONNEGATIVE,
+        shown="0: in the epoch's order",
+    )
+    # M2's classification term alpha * -log q(y | x) per labelled image of a batch (the loss
+    # sums over images); None: the paper's alpha = 0.1 N on the mean over the labelled
+    # images, i.e. 0.1 N / (labelled images an epoch shows). A run records the value used.
+    alpha: float | None = setting(
+        None,
+        "semi-supervised: weight of the classification term alpha * -log q(y | x) per "
+        "labelled image",
+        parse=nonnegative_float,
+        shown="the paper's 0.1 N / labelled images per epoch",
+        keeps_run=(None,),
+    )
     # The data (datasets.py); DatasetSpec's fields, with its defaults.
     dataset: str = setting(
         DatasetSpec.dataset,
@@ -222,9 +262,14 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         check_settings(self)
 
-    def objective(self) -> Objective:
-        """The training objective these settings name (``elbo``, ``num_particles``)."""
-        return make_objective(self.elbo, self.num_particles)
+    def objective(self, semi_supervised: bool = False) -> Objective:
+        """The training objective these settings name (``elbo``, ``num_particles``, and for
+        ``enum`` the classification weight ``alpha``; None: 0). ``semi_supervised``: what
+        ``elbo="auto"`` is for (:func:`resolve_elbo`)."""
+        name = resolve_elbo(self.elbo, semi_supervised)
+        if name == EnumELBO.name:
+            return EnumELBO(self.num_particles, alpha=self.alpha or 0.0)
+        return make_objective(name, self.num_particles)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -247,6 +292,48 @@ class TrainConfig:
                 if value is not None:
                     d[name] = value
         return cls(**_known_fields(cls, d))
+
+
+def resolve_elbo(elbo: str, semi_supervised: bool) -> str:
+    """``elbo`` with "auto" resolved: "enum" for the semi-supervised VAE, else "trace"."""
+    if elbo != "auto":
+        return elbo
+    return EnumELBO.name if semi_supervised else "trace"
+
+
+def check_semi_supervised(config: TrainConfig, model: VAEConfig) -> None:
+    """One-line ValueErrors for semi-supervised settings that do not fit together (before any
+    data is read; the draw itself checks --labelled against the data)."""
+    if config.labelled and not model.num_classes:
+        raise ValueError(
+            f"--labelled {config.labelled} needs labels: add --num-classes 10 (or --num-classes "
+            "auto, the data's classes)"
+        )
+    if config.labelled and not model.semi_supervised:
+        raise ValueError(
+            f"--labelled {config.labelled} needs the semi-supervised VAE: build it with a "
+            "classifier q(y | x) (classifier='conv' or 'mlp'; --classifier)"
+        )
+    if config.labelled_per_batch and not config.labelled:
+        raise ValueError("--labelled-per-batch needs --labelled N (the labelled images)")
+    if config.labelled_per_batch >= config.batch_size:
+        raise ValueError(
+            f"--labelled-per-batch {config.labelled_per_batch} leaves no room for unlabelled "
+            f"images in a batch of {config.batch_size}; use fewer than {config.batch_size}"
+        )
+    objective = config.objective(model.semi_supervised)
+    if model.semi_supervised and not objective.enumerates:
+        raise ValueError(
+            f"the semi-supervised VAE sums its missing labels out: train it with --elbo enum "
+            f"(or auto), not {config.elbo}"
+        )
+
+
+def resolve_alpha(config: TrainConfig, num_images: int, labelled_per_epoch: int) -> float:
+    """The classification weight: ``config.alpha``, or the paper's (semi_supervised_alpha)."""
+    if config.alpha is not None:
+        return config.alpha
+    return semi_supervised_alpha(num_images, labelled_per_epoch)
 
 
 # Keys of train_configs recorded before: old name -> field (None: dropped, it was never read).

@@ -233,6 +233,18 @@ def positive_float(s: str) -> float:
     return float(s)
 
 
+def _nonnegative(v: float) -> str | None:
+    return None if v >= 0 else f"must be at least 0, got {v}"
+
+
+@_with_check(_nonnegative)
+def nonnegative_float(s: str) -> float:
+    """A number >= 0."""
+    if not _number(s) >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {s}")
+    return float(s)
+
+
 def _inside_unit(v: float) -> str | None:
     return None if 0 < v < 1 else f"must lie strictly between 0 and 1, got {v}"
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.data.datasets import DatasetSpec, check_outside_data
 from pyro_vae.evaluation.elbo import evaluate_elbo
+from pyro_vae.evaluation.semi_supervised import hidden_labels, label_accuracy
 from pyro_vae.inference.loglik import evaluate_log_likelihood
 from pyro_vae.inference.steps import NonFiniteError, parameters_finite
 from pyro_vae.models.config import VAEConfig
@@ -30,7 +31,7 @@ from pyro_vae.runs.lock import hold_run
 from pyro_vae.runs.options import TrainConfig
 from pyro_vae.runs.records import append_metrics
 from pyro_vae.runtime.device import resolve_device, synchronize
-from pyro_vae.runtime.distributed import World, epoch_order, epoch_seed
+from pyro_vae.runtime.distributed import World, epoch_seed
 from pyro_vae.runtime.rng import seeded
 from pyro_vae.training.schedules import (
     current_lr,
@@ -106,27 +107,26 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     """One pass over this rank's shards of the training set; the epoch's training metrics."""
     vae, data, config, world, step = run.vae, run.data, run.config, run.world, run.step
     vae.train()
-    sums = torch.zeros(4, device=run.device)  # loss, recon, KL, images: this rank's
+    names = run.objective.stat_names
+    # loss, the objective's sums (recon, KL, ...), images: this rank's
+    sums = torch.zeros(len(names) + 2, device=run.device)
     bad = torch.zeros((), dtype=torch.bool, device=run.device)
     running = _RunningLoss(run.device) if progress else None
     per_epoch = data.num_batches(config.batch_size)
+    order = data.epoch_order(config.seed, epoch, config.batch_size)
     first = (epoch - 1) * per_epoch  # the run's global step at this epoch's first batch
     warming = config.kl_warmup > first
     vae.kl_weight = _kl_weight(run, first)
     t0, traced_before = time.perf_counter(), getattr(step, "trace_seconds", 0.0)
     bar = tqdm(
-        data.train_batches(
-            config.batch_size,
-            epoch_order(data.num_train, config.seed, epoch, run.device),
-            world if world.size > 1 else None,
-        ),
+        data.train_batches(config.batch_size, order, world if world.size > 1 else None),
         total=per_epoch,
         desc=f"epoch {epoch}/{config.epochs}",
         disable=None if progress else True,  # None: no bar when stderr is not a terminal
         leave=False,
         unit="step",
     )
-    full_batches = data.num_train // config.batch_size  # the rest is the last, smaller one
+    full_batches = len(order) // config.batch_size  # the rest is the last, smaller one
     for i, (x, y) in enumerate(bar):
         if warming and i:
             vae.kl_weight = _kl_weight(run, first + i)  # a fill_ in place: no host read
@@ -139,8 +139,8 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
                 bad = torch.ones_like(bad)
                 break
             raise
-        sums[:3] += values
-        sums[3] += x.shape[0]
+        sums[:-1] += values
+        sums[-1] += x.shape[0]
         bad |= flag
         if running is not None and i % PROGRESS_EVERY == 0:
             shown = running.update(sums)
@@ -153,7 +153,9 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
     seconds = time.perf_counter() - t0 - trace_seconds
     # Once per epoch: every rank's sums and flags together, then one host read.
     summed = world.all_reduce(torch.cat([sums, bad.float().reshape(1)]).double())
-    loss_sum, recon_sum, kl_sum, seen, flags = summed.tolist()
+    loss_sum, *stat_sums, seen, flags = summed.tolist()
+    stats = dict(zip(names, stat_sums, strict=True))
+    recon_sum, kl_sum = stats["recon"], stats["kl"]
     if flags or not parameters_finite(vae):
         raise NonFiniteError(
             f"training stopped in epoch {epoch}: the loss, a gradient or a parameter became NaN "
@@ -173,7 +175,26 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict:
         "trace_seconds": trace_seconds,
         "lr": current_lr(run.optimizer),
         "step": step.kind,  # "eager" after an untraceable fall-back
+        **semi_supervised_train_metrics(stats, seen),
     }
+
+
+def semi_supervised_train_metrics(stats: dict[str, float], seen: float) -> dict:
+    """The epoch's -ELBO on the labelled and on the unlabelled training images apart, and the
+    mean -log q(y | x) of the labelled ones, from an EnumELBO step's sums (nothing without)."""
+    if "labelled" not in stats:
+        return {}
+    labelled = stats["labelled"]
+    neg_elbo = stats["recon"] + stats["kl"]
+    m = {"train_labelled": labelled}
+    if labelled:
+        m["train_neg_elbo_labelled"] = stats["labelled_neg_elbo"] / labelled  # -log p(x, y)
+        m["train_classification"] = stats["classification"] / labelled
+    if seen > labelled:
+        m["train_neg_elbo_unlabelled"] = (neg_elbo - stats["labelled_neg_elbo"]) / (
+            seen - labelled
+        )  # -log p(x): y summed out
+    return m
 
 
 def test_metrics(run: Run, epoch: int) -> dict:
@@ -206,6 +227,8 @@ def test_metrics(run: Run, epoch: int) -> dict:
         "data": test["data"],
         "units": "nats per image",
     }
+    if vae.semi_supervised:
+        m.update(semi_supervised_test_metrics(run, batches))
     ks = {run.objective.test_bound_samples} - {0}
     stage_end = config.lr_schedule == "constant" or epoch in stage_boundaries()
     if config.test_iw_samples and (stage_end or epoch == config.epochs):
@@ -216,6 +239,20 @@ def test_metrics(run: Run, epoch: int) -> dict:
         m[f"test_neg_L{k}"] = result["neg_log_likelihood"]  # -L_K: the IW bound, K samples
     m["eval_seconds"] = time.perf_counter() - t0  # the test set, IW bound included
     return m
+
+
+def semi_supervised_test_metrics(run: Run, batches: list) -> dict:
+    """The test accuracy of q(y | x), and the test -ELBO with the labels hidden (y summed
+    out: a bound on -log p(x), beside test_neg_elbo's -log p(x, y))."""
+    accuracy = label_accuracy(run.vae, batches, all_reduce=run.world.all_reduce)
+    hidden = evaluate_elbo(
+        run.vae,
+        hidden_labels(batches),
+        run.objective.test_estimate(),
+        data_mode=run.data.data_mode,
+        all_reduce=run.world.all_reduce,
+    )
+    return {"test_accuracy": accuracy["accuracy"], "test_neg_elbo_unlabelled": hidden["neg_elbo"]}
 
 
 def save_epoch(run: Run, m: dict, log: Callable[[str], None]) -> None:
@@ -270,6 +307,18 @@ def epoch_line(m: dict, epochs: int) -> str:
     )
     for key in sorted(k for k in m if k.startswith("test_neg_L")):
         line += f"test -L_{key[len('test_neg_L') :]} {m[key]:.2f}  "
+    if "test_accuracy" in m:
+        line += f"test accuracy {m['test_accuracy']:.2%}  "
+        parts = [
+            f"{what} {m[key]:.2f}"
+            for what, key in (
+                ("labelled", "train_neg_elbo_labelled"),
+                ("unlabelled", "train_neg_elbo_unlabelled"),
+                ("test unlabelled", "test_neg_elbo_unlabelled"),
+            )
+            if key in m
+        ]
+        line += f"-ELBO {', '.join(parts)}  "
     return line + f"[{m['objective']}, KL {m['kl_kind']}, nats/image]  {m['seconds']:.1f} s"
 
 

@@ -18,13 +18,20 @@ import torch
 
 from pyro_vae.data.datasets import DatasetSpec, check_outside_data, check_run_data
 from pyro_vae.data.images import ImageData
+from pyro_vae.data.labelled import draw_labelled, labelled_record
 from pyro_vae.inference.objectives import Objective
 from pyro_vae.inference.steps import EagerStep, TracedStep, build_step, resolve_step
 from pyro_vae.models.config import VAEConfig
 from pyro_vae.models.user_model import UserModel
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from pyro_vae.runs.options import TrainConfig, resume_settings
+from pyro_vae.runs.options import (
+    TrainConfig,
+    check_semi_supervised,
+    resolve_alpha,
+    resolve_elbo,
+    resume_settings,
+)
 from pyro_vae.runs.records import (
     check_fits,
     check_fits_user_model,
@@ -117,7 +124,24 @@ def _load_data(vae: Model, config: TrainConfig, device: torch.device, ckpt: dict
         data.validate(vae.config.num_classes)
     if config.data_mode == "auto":
         config.data_mode = data.data_mode
+    if config.labelled:
+        _keep_labels(data, config, vae.config.num_classes, ckpt)
     return data
+
+
+def _keep_labels(data: ImageData, config: TrainConfig, num_classes: int, ckpt: dict | None):
+    """The semi-supervised run's labelled images (``data.labelled``), drawn from the seed; a
+    resumed run must draw the ones it recorded."""
+    idx = draw_labelled(data.train_y, config.labelled, num_classes, config.label_seed)
+    record = labelled_record(idx, data.train_y, num_classes, config.label_seed)
+    saved = (ckpt or {}).get("labelled")
+    if saved is not None and saved["sha256"] != record["sha256"]:
+        raise ValueError(
+            "--resume drew other labelled images than the run's (the training labels "
+            "changed); resume with the run's data"
+        )
+    data.keep_labels(idx, config.labelled_per_batch)
+    data.labelled_record = record
 
 
 def start_decoder_bias(vae: Model, data: ImageData) -> None:
@@ -175,6 +199,7 @@ def _write_new_run(run: Run, preset: dict | None) -> None:
                 "objects": r["objects"],
                 **({"preset": preset} if preset else {}),
                 "dataset": r["dataset"],
+                **({"labelled": r["labelled"]} if "labelled" in r else {}),
             },
         )
         write_metrics(run.out, [])
@@ -194,11 +219,18 @@ def start_run(
     inside a seeded block (every epoch then seeds its own stream)."""
     vae, config, ckpt = _model_and_settings(vae, config, out, resume)
     device = resolve_device(config.device)
+    check_semi_supervised(config, vae if isinstance(vae, VAEConfig) else vae.config)
     if isinstance(vae, VAEConfig):
         # The initial weights too come from the seed, not from the caller's RNG state.
         with seeded(config.seed, device):
             vae = VAE.from_config(vae)
     data = _load_data(vae, config, device, ckpt)
+    # What the run trains on, resolved and recorded: the objective, and M2's classification
+    # weight (the paper's unless given).
+    config.elbo = resolve_elbo(config.elbo, vae.semi_supervised)
+    if vae.semi_supervised:
+        per_epoch = data.labelled_per_epoch(config.batch_size)
+        config.alpha = resolve_alpha(config, data.num_train, per_epoch)
     total_steps = data.num_batches(config.batch_size) * config.epochs
     kind = resolve_step(config.step, device, total_steps, world.size)
     vae.to(device)
@@ -218,8 +250,10 @@ def start_run(
         "world_size": world.size,
         "dataset": data.dataset,
     }
+    if config.labelled:
+        record["labelled"] = data.labelled_record
     run = Run(
-        vae, config, out, world, device, data, config.objective(), optimizer,
+        vae, config, out, world, device, data, config.objective(vae.semi_supervised), optimizer,
         make_scheduler(optimizer, config), step=None, record=record,
     )  # fmt: skip
     if ckpt is not None:
