@@ -26,8 +26,11 @@ def notebook_problems(nb: dict) -> list[str]:
     problems = []
     if not code or 'os.environ.get("PYRO_VAE_QUICK") == "1"' not in source[0]:
         problems.append('the first code cell does not set QUICK from "PYRO_VAE_QUICK"')
-    problems += [f"cell {i}: a hard-coded data path" for i, s in enumerate(source)
-                 if HARD_CODED_DATA.search(s)]
+    problems += [
+        f"cell {i}: a hard-coded data path"
+        for i, s in enumerate(source)
+        if HARD_CODED_DATA.search(s)
+    ]
     for i, cell in enumerate(code):
         if cell.get("execution_count") is None:
             problems.append(f"cell {i}: not executed")
@@ -77,7 +80,9 @@ def test_notebook_problems_catches_an_unexecuted_cell_a_path_and_no_figure():
     assert notebook_problems(no_quick)[0].startswith("the first code cell does not set QUICK")
     quick = copy.deepcopy(nb)
     quick["metadata"]["pyro_vae"] = {"settings": "quick"}
-    assert notebook_problems(quick) == ["the outputs are not from run.py --write (the full settings)"]
+    assert notebook_problems(quick) == [
+        "the outputs are not from run.py --write (the full settings)"
+    ]
 
 
 def test_the_readme_is_short_and_its_test_command_is_the_one_ci_runs():

@@ -1,6 +1,6 @@
 """Executes the tutorial notebooks with nbclient.
 
-    python docs/tutorials/run.py --check     # each in QUICK mode (PYRO_VAE_QUICK=1), in a temp copy (CI)
+    python docs/tutorials/run.py --check     # QUICK (PYRO_VAE_QUICK=1), in a temp copy (CI)
     python docs/tutorials/run.py --write     # the full settings; outputs saved into the notebooks
     python docs/tutorials/run.py --check 03_analytic_vs_monte_carlo.ipynb   # some of them
 
