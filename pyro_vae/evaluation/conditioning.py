@@ -57,7 +57,7 @@ def conditioning_accuracy(
     """Fraction of generated digits the classifier labels as the digit requested.
 
     Returns ``per_class`` [K] fractions (K = 10 for MNIST), ``overall`` (their mean: every label
-    has the same number of samples), ``overall_stderr`` (binomial), and ``confusion`` [K][K]
+    has the same number of samples), ``overall_stderr`` (binomial), and ``confusion`` [K, K]
     counts, row = requested label, column = classifier's label. Uses torch's global RNG.
     """
     k = classifier.num_classes  # NUM_DIGITS for MNIST
