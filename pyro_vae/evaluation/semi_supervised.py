@@ -26,7 +26,7 @@ def label_accuracy(
     """How often argmax_y q(y | x) is the true label, over ``batches`` of (x, y).
 
     Returns ``accuracy``, its binomial ``std_error``, ``num_images``, ``per_class`` (the
-    accuracy on each true class) and ``confusion`` [C][C] counts (row: true label, column:
+    accuracy on each true class) and ``confusion``, C x C counts (row: true label, column:
     q(y | x)'s). ``all_reduce``: sums the counts over the ranks (each scores its own part).
     The counts stay on the device; the host reads them once.
     """
