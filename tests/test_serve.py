@@ -114,6 +114,13 @@ def _train(out: Path, mnist_dir: Path, **vae) -> Path:
     return out
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The server's Ctrl-C (SIGINT) as a terminal delivers it: a shell that starts pytest in
+    the background ignores SIGINT in it, every child inherits that, and Python then installs
+    no handler: the server would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """``pyro-vae serve RUN`` in a subprocess; ``url`` once it has printed it."""
 
@@ -126,8 +133,9 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: it never fills up
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env
-        )
+            cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
+            preexec_fn=_ctrl_c_as_in_a_terminal,
+        )  # fmt: skip
         self.lines: list[str] = []
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
