@@ -124,6 +124,21 @@ def time_steps(step: Callable, batches: list, device: torch.device) -> float:
     return (time.perf_counter() - t0) / len(batches)
 
 
+def median_step_seconds(
+    paths: dict[str, Callable], pool: list, rounds: int, device: torch.device, warmup: int = 5
+) -> dict[str, float]:
+    """Seconds per step of each path: a warm-up (tracing, compiling, allocator, first-call
+    checks), then ``rounds`` rounds interleaved across the paths, the median kept, so a busy
+    machine hurts every path alike."""
+    for step in paths.values():
+        time_steps(step, pool[:warmup], device)
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(rounds):
+        for k, step in paths.items():
+            times[k].append(time_steps(step, pool, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def epoch_seconds(step: Callable, data: ImageData, batch_size: int, device, cvae: bool) -> float:
     synchronize(device)
     t0 = time.perf_counter()
@@ -219,13 +234,7 @@ def main() -> None:
             (torch.bernoulli(torch.full((bs, 784), 0.13, device=device)), y)
             for _ in range(args.steps)
         ]
-        for step in paths.values():  # warm-up: tracing, compiling, allocator, first-call checks
-            time_steps(step, pool[:5], device)
-        rounds: dict[str, list[float]] = {k: [] for k in paths}
-        for _ in range(args.rounds):
-            for k, step in paths.items():
-                rounds[k].append(time_steps(step, pool, device))
-        med = {k: statistics.median(v) for k, v in rounds.items()}
+        med = median_step_seconds(paths, pool, args.rounds, device)
         for k in paths:
             line = (
                 f"{bs:>6} {k:<10} {med[k] * 1e3:>9.3f} {bs / med[k]:>10.0f} "

@@ -22,7 +22,6 @@ are interleaved across paths and the median round is reported, as in throughput.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_m2 import ReferenceM2, reference_m2_step  # noqa: E402
-from throughput import time_steps  # noqa: E402
+from throughput import median_step_seconds  # noqa: E402
 
 from pyro_vae import VAE  # noqa: E402
 from pyro_vae.inference.objectives import EnumELBO  # noqa: E402
@@ -135,13 +134,7 @@ def main() -> None:
             (torch.bernoulli(torch.full((bs, 784), 0.13, device=device)), y)
             for _ in range(args.steps)
         ]
-        for step in paths.values():  # warm-up: tracing, compiling, allocator, first-call checks
-            time_steps(step, pool[:3], device)
-        rounds: dict[str, list[float]] = {k: [] for k in paths}
-        for _ in range(args.rounds):
-            for k, step in paths.items():
-                rounds[k].append(time_steps(step, pool, device))
-        med = {k: statistics.median(v) for k, v in rounds.items()}
+        med = median_step_seconds(paths, pool, args.rounds, device, warmup=3)
         for k in paths:
             print(
                 f"{bs:>6} {k:<10} {med[k] * 1e3:>9.2f} {bs / med[k]:>10.0f} "
