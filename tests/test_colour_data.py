@@ -12,6 +12,7 @@ lists alone, as a user's run does.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -62,6 +63,30 @@ def test_svhn_is_read_from_its_mat_files_with_digit_zero_as_zero(tmp_path, monke
     assert torch.equal(raw.train_x, torch.from_numpy(xtr.reshape(len(xtr), -1)))
     assert raw.train_y.tolist() == ytr.tolist() and 0 in raw.test_y.tolist()  # 10 became 0
     assert torch.equal(raw.test_x, torch.from_numpy(xte.reshape(len(xte), -1)))
+
+
+def test_svhn_without_scipy_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    write_svhn(tmp_path)
+    torchvision_md5s(monkeypatch, tmp_path)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy.io` raises ImportError
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "svhn",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+        ]
+    )
+    assert_one_line_error(code, capsys.readouterr().err, "pip install scipy (or the [svhn] extra)")
+    assert not (tmp_path / "run").exists()
 
 
 def test_celeba_is_fed_from_a_local_folder_as_centred_64x64_crops(tmp_path, monkeypatch):

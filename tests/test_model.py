@@ -189,3 +189,13 @@ def test_predictive_draws_reconstructions_of_given_images(pyro_mode, binary_batc
     # Without uncondition, Pyro hands the observed images back (what a user first tries).
     kept = Predictive(vae.model, guide=vae.guide, num_samples=2)(x, y)["x"]
     assert torch.equal(kept[0], x)
+
+
+def test_a_config_passed_as_the_first_option_says_to_use_from_config():
+    from pyro_vae import VAEConfig
+
+    config = VAEConfig(z_dim=3, hidden_dims=(8,))
+    with pytest.raises(TypeError, match=r"use VAE\.from_config\(config\)"):
+        VAE(config)
+    vae = VAE.from_config(config)  # the way it names
+    assert vae.config.z_dim == 3 and vae.config.hidden_dims == (8,)

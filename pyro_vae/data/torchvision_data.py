@@ -161,7 +161,9 @@ def load_svhn(root: str | os.PathLike, train: bool) -> tuple[Tensor, Tensor]:
     try:
         import scipy.io  # noqa: F401 - torchvision imports it only after the download
     except ImportError:
-        raise DataError("SVHN's .mat files are read with scipy: pip install scipy") from None
+        raise DataError(
+            "SVHN's .mat files are read with scipy: pip install scipy (or the [svhn] extra)"
+        ) from None
     try:
         ds = _quietly(lambda: SVHN(root=str(folder), split=split, download=True))
     except Exception as e:  # noqa: BLE001 - any download failure means the same thing to a user

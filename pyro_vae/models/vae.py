@@ -418,6 +418,8 @@ class VAE(PyroModule):
         decoder: nn.Module | None = None,
         name: str | None = None,
     ) -> None:
+        if isinstance(z_dim, VAEConfig):
+            raise TypeError("VAE takes options, not a VAEConfig: use VAE.from_config(config)")
         super().__init__(name=f"vae_{next(_VAE_NUMBERS)}" if name is None else name)
         if (encoder is None) != (decoder is None):
             raise ValueError("pass both encoder= and decoder= modules, or neither")
