@@ -468,3 +468,21 @@ def test_evaluate_sample_and_resume_a_semi_supervised_run(semi_run, mnist_dir, c
     assert main([*argv, *common, "--no-progress"]) == 0
     rows = (semi_run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2 and json.loads(rows[1])["train_labelled"] == 88
+
+
+@pytest.mark.mnist
+def test_the_pyro_recipe_benchmark_trains_the_library_vae_by_classic_svi(mnist_dir, capsys):
+    """benchmarks/m2_pyro_recipe.py (Pyro's ss_vae_M2 scheme on this VAE) runs on the library
+    as it is: every epoch scores q(y | x) on the validation and the test images."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import m2_pyro_recipe
+
+    rows = m2_pyro_recipe.main(
+        ["--data-dir", str(mnist_dir), "--epochs", "1", "--train-subset", "1200"]
+    )
+    assert [r["epoch"] for r in rows] == [1]
+    assert all(0 <= r[k] <= 100 for r in rows for k in ("valid", "test"))
+    assert "test accuracy at the best validation epoch (1)" in capsys.readouterr().out
