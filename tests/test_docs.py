@@ -93,3 +93,21 @@ def test_the_readme_is_short_and_its_test_command_is_the_one_ci_runs():
     assert any(line.startswith(test_line + " ") for line in readme), test_line
     setup = 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]"'
     assert any(line.startswith(setup) for line in readme)
+
+
+def test_run_py_hands_the_notebooks_an_absolute_data_dir(tmp_path, monkeypatch):
+    """The README's `PYRO_VAE_DATA_DIR=../shared/data python docs/tutorials/run.py --check`:
+    the kernels run in temporary folders, so run.py must pass the path on made absolute."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tutorials_run", ROOT / "docs" / "tutorials" / "run.py"
+    )
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shared").mkdir()
+    got = run.absolute_data_dir({"PYRO_VAE_DATA_DIR": "shared"})
+    assert got == str(tmp_path / "shared")
+    assert run.absolute_data_dir({}) == str(tmp_path / "data")  # unset: ./data, from here
+    assert run.absolute_data_dir({"PYRO_VAE_DATA_DIR": "shared"}) != "shared"  # not as given

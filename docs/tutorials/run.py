@@ -54,6 +54,12 @@ def execute(path: Path, quick: bool) -> nbformat.NotebookNode:
     return nb
 
 
+def absolute_data_dir(environ: os._Environ | dict) -> str:
+    """``$PYRO_VAE_DATA_DIR`` (default ./data) as an absolute path, from the folder run.py was
+    started in: each notebook runs in a temporary folder, where a relative path means nothing."""
+    return str(Path(environ.get("PYRO_VAE_DATA_DIR") or "data").resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group(required=True)
@@ -61,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="full settings, outputs saved")
     p.add_argument("names", nargs="*", help="notebook file names (default: all)")
     args = p.parse_args(argv)
+    data = absolute_data_dir(os.environ)
     if not os.environ.get("PYRO_VAE_DATA_DIR"):
-        print("run.py: note: PYRO_VAE_DATA_DIR is unset; the notebooks look in ./data", flush=True)
+        print(f"run.py: note: PYRO_VAE_DATA_DIR is unset; the notebooks look in {data}", flush=True)
+    os.environ["PYRO_VAE_DATA_DIR"] = data  # the kernels run in temporary folders
     for path in notebooks(args.names):
         t0 = time.perf_counter()
         try:
