@@ -2,13 +2,15 @@
 
     python benchmarks/memory.py --data-dir ../shared/data --epochs 3
     python benchmarks/memory.py --data-dir DATA --device cuda --steps eager,fx,compiled,cudagraph
+    python benchmarks/memory.py --data-dir DATA --model semi --epochs 2 --train-subset 20000
 
-Each step kind trains the same run (``pyro_vae.train``: MNIST, batch 128, the default VAE,
-seed 0) in a fresh process, so one kind's allocations cannot hide in another's. Printed per
-kind: the peak resident set size of the process (``ru_maxrss``), its ratio to eager's, the
-resident size after each epoch and its growth from the first epoch to the last. On CUDA also
-``torch.cuda.max_memory_allocated``. Target (the fast-step issue): fx and compiled at most
-1.15x eager's peak, and flat across epochs (no autograd graph outlives its step).
+Each step kind trains the same run (``pyro_vae.train``: MNIST, batch 128, seed 0; the VAE
+``--model``: the default MLP VAE, the conv VAE, two stochastic layers or the semi-supervised
+VAE with 100 labels) in a fresh process, so one kind's allocations cannot hide in another's.
+Printed per kind: the peak resident set size of the process (``ru_maxrss``), its ratio to
+eager's, the resident size after each epoch and its growth from the first epoch to the last.
+On CUDA also ``torch.cuda.max_memory_allocated``. Target (the fast-step issue): fx and compiled
+at most 1.15x eager's peak, and flat across epochs (no autograd graph outlives its step).
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ import tempfile
 from pathlib import Path
 
 TARGET_RATIO = 1.15
+
+# --model: the VAE and the run's extra options.
+MODELS = {
+    "default": ({}, {}),
+    "conv": ({"network": "conv"}, {}),
+    "stacked": ({"latent_dims": (100, 50), "hidden_dims": (200, 200), "activation": "tanh"}, {}),
+    "semi": (
+        {"num_classes": 10, "classifier": "conv", "hidden_dims": (500,)},
+        {"labelled": 100, "labelled_per_batch": 16},
+    ),
+}
 
 
 def resident_mb() -> float:
@@ -45,8 +58,11 @@ def child(args: argparse.Namespace) -> None:
         if line.startswith("epoch "):
             per_epoch.append(resident_mb())
 
+    vae_options, run_options = MODELS[args.model]
     with tempfile.TemporaryDirectory() as out, pyro.settings.context(module_local_params=True):
         config = TrainConfig(
+            **run_options,
+            train_subset=args.train_subset,
             data_dir=args.data_dir,
             out=str(Path(out) / "run"),
             epochs=args.epochs,
@@ -54,7 +70,7 @@ def child(args: argparse.Namespace) -> None:
             step=args.child,
             device=args.device,
         )
-        train(VAEConfig(), config, progress=False, log=log, write_figures=False)
+        train(VAEConfig(**vae_options), config, progress=False, log=log, write_figures=False)
     result = {
         "kind": args.child,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -72,6 +88,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", default="eager,fx,compiled", help="step kinds, comma-separated")
+    p.add_argument("--model", choices=sorted(MODELS), default="default")
+    p.add_argument("--train-subset", type=int, default=0, help="first N training images")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -82,7 +100,7 @@ def main() -> None:
     results = []
     for kind in args.steps.split(","):
         cmd = [sys.executable, __file__, "--child", kind]
-        for flag in ("data_dir", "epochs", "batch_size", "device"):
+        for flag in ("data_dir", "epochs", "batch_size", "device", "model", "train_subset"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -90,8 +108,9 @@ def main() -> None:
             sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(lines[-1][len("RESULT ") :]))
     print(
-        f"device: {args.device}; torch {torch.__version__}; {args.epochs} epochs of MNIST, "
-        f"batch {args.batch_size}, the default VAE; one fresh process per step kind"
+        f"device: {args.device}; torch {torch.__version__}; {args.epochs} epochs of MNIST"
+        f"{' (first ' + str(args.train_subset) + ' images)' if args.train_subset else ''}, "
+        f"batch {args.batch_size}, the {args.model} VAE; one fresh process per step kind"
     )
     eager = next((r["peak_mb"] for r in results if r["kind"] == "eager"), None)
     cuda = any("cuda_peak_mb" in r for r in results)
