@@ -36,14 +36,15 @@ from pyro_vae import VAE
 from pyro_vae.data.images import ImageData
 from pyro_vae.data.labelled import draw_labelled
 from pyro_vae.data.pixels import to_pixels
+from pyro_vae.evaluation.semi_supervised import label_accuracy
 from pyro_vae.models.likelihoods import BernoulliLikelihood
 
 VALIDATION = 10_000
 
 
 def accuracy(vae: VAE, x: torch.Tensor, y: torch.Tensor) -> float:
-    pred = torch.cat([vae.classify(b).argmax(-1) for b in x.split(1000)])
-    return 100 * pred.eq(y).double().mean().item()
+    """q(y | x)'s test accuracy in percent (the library's scoring)."""
+    return 100 * label_accuracy(vae, zip(x.split(1000), y.split(1000), strict=True))["accuracy"]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -96,14 +97,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'epoch':>5} {'valid %':>8} {'test %':>7} {'s':>5}", flush=True)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        batches = iter(unlabelled[torch.randperm(len(unlabelled))].split(200))
-        for i in range(len(unlabelled) // 200 + (len(unlabelled) % 200 > 0) + 1):
-            if i == 1:  # the labelled batch
+        batches = list(unlabelled[torch.randperm(len(unlabelled))].split(200))
+        for idx in batches[:1] + [None] + batches[1:]:  # None: the labelled batch, second
+            if idx is None:
                 x = to_pixels(train_x[labelled], "dynamic", lik)
                 basic.step(x, train_y[labelled])
                 aux.step(x, train_y[labelled])
                 continue
-            basic.step(to_pixels(train_x[next(batches)], "dynamic", lik), None)
+            basic.step(to_pixels(train_x[idx], "dynamic", lik), None)
             if not args.no_momentum_step:  # the example's aux SVI: Adam on zero gradients
                 for q in params:
                     q.grad = torch.zeros_like(q)
