@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-# Published MNIST test accuracies (docs: /work/shared/references/semi-supervised.md).
+# Published MNIST test accuracies (../shared/references/semi-supervised.md).
 PYRO_TUTORIAL = {100: 93.19, 600: 94.37, 1000: 94.87, 3000: 95.82}
 PYRO_CLASSIFIER_ALONE = {100: 77.12, 600: 87.16, 1000: 88.63, 3000: 91.08}
 PAPER_M2 = {100: 88.03, 600: 95.06, 1000: 96.40, 3000: 96.08}
