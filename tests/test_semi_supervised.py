@@ -486,3 +486,30 @@ def test_the_pyro_recipe_benchmark_trains_the_library_vae_by_classic_svi(mnist_d
     assert [r["epoch"] for r in rows] == [1]
     assert all(0 <= r[k] <= 100 for r in rows for k in ("valid", "test"))
     assert "test accuracy at the best validation epoch (1)" in capsys.readouterr().out
+
+
+@pytest.mark.mnist
+def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(mnist_dir, tmp_path):
+    """benchmarks/m1_m2.py (M2 on M1's codes) runs on the library as it is: M1 a committed run,
+    M2 a semi-supervised VAE over M1's active units with a user-given Gaussian likelihood, fitted
+    by EnumELBO through a traced step; each epoch's test accuracy is recorded."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import m1_m2
+
+    m1 = root / "results" / "iwae-paper" / "vae-k1"
+    args = ["--m1", str(m1), "--data-dir", str(mnist_dir), "--out", str(tmp_path)]
+    args += ["--labelled", "20", "--labelled-per-batch", "4", "--batch-size", "32"]
+    args += ["--draws", "1", "--epochs", "2", "--train-subset", "640", "--step", "fx"]
+    args += ["--active-units", "--hidden", "50"]
+    (last,) = m1_m2.main(args)
+    run = tmp_path / "labels20" / "draw0"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1] == last
+    assert 0 <= last["test_accuracy"] <= 1 and math.isfinite(last["train_loss"])
+    config = json.loads((run / "config.json").read_text())
+    # The IWAE-paper VAE leaves about half of its 50 units inactive: fewer codes than units.
+    assert 0 < config["code_dims"] < 50
