@@ -9,10 +9,12 @@ classifier="mlp", image_shape=(1, 1, d))`` over the d-dimensional codes, with a 
 likelihood: z1 ~ N(loc, softplus(raw) + 1e-3), both from M2's decoder. It is fitted by the
 library's enumerated objective (``EnumELBO``: the 10 labels summed out in one batched pass,
 alpha's classification term on the labelled codes) through the compiled step, with N labels
-drawn class-balanced with ``--label-seed`` exactly as ``pyro-vae train --labelled N`` draws
-them, ``--labelled-per-batch`` of them in every batch. Test accuracy: q(y | z1) at the posterior
-mean of each test image's code (the test images binarized once with a fixed seed), after every
-epoch; no epoch is picked by test accuracy.
+drawn class-balanced for draw d exactly as ``pyro-vae train --labelled N --label-seed d``
+draws them, ``--labelled-per-batch`` of them in every batch. Test accuracy: q(y | z1) at the
+posterior mean of each test image's code (the test images binarized once with a fixed seed),
+after every epoch; no epoch is picked by test accuracy. Every epoch writes
+OUT/labels<N>/draw<d>/metrics.jsonl and checkpoint.pt; ``--resume --epochs E`` continues each
+draw to E epochs.
 
     OMP_NUM_THREADS=1 python benchmarks/m1_m2.py --m1 results/iwae-paper/vae-k1 \\
         --data-dir ../shared/data --labelled 100 --draws 3 --epochs 50 --out runs/m1m2
@@ -96,9 +98,20 @@ def train_draw(args: argparse.Namespace, m1: VAE, data: dict, draw: int, out: Pa
         likelihood=gaussian_codes,
     )
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr)
-    step = build_step(m2, make_optimizer(m2, config), EnumELBO(alpha=alpha), args.step, World())
-    rows = []
-    for epoch in range(1, args.epochs + 1):
+    optimizer = make_optimizer(m2, config)
+    rows, start = [], 1
+    if args.resume and (out / "checkpoint.pt").exists():
+        # Continues the draw (its weights and Adam's state); not bit-exact: the step's random
+        # draws after a restart are not those the uninterrupted run would have taken.
+        saved = torch.load(out / "checkpoint.pt", weights_only=False)
+        m2.load_state_dict(saved["m2"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = rows[: saved["epoch"]]
+        start = saved["epoch"] + 1
+        print(f"draw {draw}: resumed after epoch {saved['epoch']}")
+    step = build_step(m2, optimizer, EnumELBO(alpha=alpha), args.step, World())
+    for epoch in range(start, args.epochs + 1):
         t0 = time.perf_counter()
         m2.train()
         z = codes(m1, x_train, seed=1000 * draw + epoch, sample=True)
@@ -128,8 +141,10 @@ def train_draw(args: argparse.Namespace, m1: VAE, data: dict, draw: int, out: Pa
         }
         rows.append(row)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "metrics.jsonl", "a" if epoch > 1 else "w") as f:
-            f.write(json.dumps(row) + "\n")
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        state = {"m2": m2.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        torch.save(state, out / "checkpoint.tmp")
+        (out / "checkpoint.tmp").replace(out / "checkpoint.pt")  # a whole checkpoint, or the last
         print(
             f"draw {draw} epoch {epoch:>3}/{args.epochs}  loss {row['train_loss']:.2f}  "
             f"test accuracy {100 * accuracy:.2f}%  {row['seconds']:.1f} s",
@@ -166,6 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         action="store_true",
         help="keep only M1's active units (Var_x E_q[z1 | x] > 0.01 over the training images)",
     )
+    p.add_argument("--resume", action="store_true", help="continue each draw from OUT's checkpoint")
     p.add_argument("--train-subset", type=int, default=0, help="the first N images (0: all)")
     args = p.parse_args(argv)
     m1, _ = load_vae(args.m1)

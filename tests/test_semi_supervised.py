@@ -489,7 +489,9 @@ def test_the_pyro_recipe_benchmark_trains_the_library_vae_by_classic_svi(mnist_d
 
 
 @pytest.mark.mnist
-def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(mnist_dir, tmp_path):
+def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(
+    mnist_dir, tmp_path, capsys
+):
     """benchmarks/m1_m2.py (M2 on M1's codes) runs on the library as it is: M1 a committed run,
     M2 a semi-supervised VAE over M1's active units with a user-given Gaussian likelihood, fitted
     by EnumELBO through a traced step; each epoch's test accuracy is recorded."""
@@ -509,6 +511,19 @@ def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(mnist_
     run = tmp_path / "labels20" / "draw0"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1] == last
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 2
+    capsys.readouterr()
+    # --resume continues the draw from its checkpoint: epoch 3 only, the first two kept.
+    (resumed,) = m1_m2.main(
+        [*args[: args.index("--epochs")], "--epochs", "3", "--resume"]
+        + args[args.index("--epochs") + 2 :]
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[1] == last and rows[2] == resumed
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 3
+    out = capsys.readouterr().out
+    assert "resumed after epoch 2" in out and "epoch   1/3" not in out and "epoch   3/3" in out
     assert 0 <= last["test_accuracy"] <= 1 and math.isfinite(last["train_loss"])
     config = json.loads((run / "config.json").read_text())
     # The IWAE-paper VAE leaves about half of its 50 units inactive: fewer codes than units.
