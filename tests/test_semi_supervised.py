@@ -490,7 +490,7 @@ def test_the_pyro_recipe_benchmark_trains_the_library_vae_by_classic_svi(mnist_d
 
 @pytest.mark.mnist
 def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(
-    mnist_dir, tmp_path, capsys
+    mnist_dir, tmp_path, capsys, pyro_mode
 ):
     """benchmarks/m1_m2.py (M2 on M1's codes) runs on the library as it is: M1 a committed run,
     M2 a semi-supervised VAE over M1's active units with a user-given Gaussian likelihood, fitted
