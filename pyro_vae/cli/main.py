@@ -136,17 +136,27 @@ def _evaluate_nll(args: argparse.Namespace, vae, data, device) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
 
-    from pyro_vae.data.datasets import describe as describe_dataset
-    from pyro_vae.data.datasets import same_dataset
-    from pyro_vae.evaluation.active_units import active_units, describe_active_units
-    from pyro_vae.evaluation.elbo import evaluate_elbo
-    from pyro_vae.inference.units import dataset_name, describe
     from pyro_vae.runs.records import write_text_atomic
     from pyro_vae.runtime.device import resolve_device
-    from pyro_vae.training.loop import EVAL_BATCH
 
     device = resolve_device(args.device)
     vae, ckpt, data = _load_run(args, device)
+    report = _evaluation_report(args, vae, ckpt, data, device)
+    # Beside a training run, which does not write it: replaced whole, and it names its epoch.
+    write_text_atomic(Path(args.run_dir, "eval.json"), json.dumps(report, indent=2))
+    _print_evaluation(report, vae, data)
+    print(f"wrote {Path(args.run_dir, 'eval.json')}")
+
+
+def _evaluation_report(args: argparse.Namespace, vae, ckpt: dict, data, device) -> dict:
+    """eval.json's content: the test ELBOs, active units, and what the options ask for."""
+
+    from pyro_vae.data.datasets import same_dataset
+    from pyro_vae.evaluation.active_units import active_units
+    from pyro_vae.evaluation.elbo import evaluate_elbo
+    from pyro_vae.inference.units import dataset_name
+    from pyro_vae.training.loop import EVAL_BATCH
+
     elbos = list(ESTIMATORS) if args.elbo == "both" else [args.elbo]
     if vae.semi_supervised:  # its labels are summed out where missing: TraceEnum_ELBO only
         elbos = [EnumELBO.name]
@@ -192,8 +202,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report["conditioning"] = _evaluate_conditioning(args, vae, device, data, ckpt)
     if vae.semi_supervised:
         report["classification"] = _evaluate_classifier(vae, data, device, args.seed)
-    # Beside a training run, which does not write it: replaced whole, and it names its epoch.
-    write_text_atomic(Path(args.run_dir, "eval.json"), json.dumps(report, indent=2))
+    return report
+
+
+def _print_evaluation(report: dict, vae, data) -> None:
+    """The evaluation report as the table and lines ``pyro-vae evaluate`` prints."""
+
+    from pyro_vae.data.datasets import describe as describe_dataset
+    from pyro_vae.evaluation.active_units import describe_active_units
+    from pyro_vae.inference.units import describe
+
+    results = report["elbo"]
+    num_dims = report["num_dims"]
+    source = data.dataset.get("title", "MNIST")
     print(f"dataset: {describe_dataset(data.dataset)}")
     print(f"test data: {describe(report['data'], num_dims, source)}")
     # The KL column names the estimator per site where they differ (stacked latents: the
@@ -209,7 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"{r['recon']:>9.2f}{r['kl']:>9.2f}{r['bits_per_dim']:>10.4f}"
         )
     print(describe_active_units(report["active_units"]))
-    if args.num_samples:
+    if "log_likelihood" in report:
         ll = report["log_likelihood"]
         print(
             f"test NLL {_nll_of(ll)} "
@@ -231,7 +252,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         c = report["conditioning"]
         print(format_conditioning(c, c["classifier"]))
-    print(f"wrote {Path(args.run_dir, 'eval.json')}")
 
 
 def _nll_of(ll: dict) -> str:
