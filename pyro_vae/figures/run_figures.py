@@ -174,96 +174,119 @@ def make_figures(
     latents: samples from the top prior down the layers, and the scatter, interpolation and
     manifolds of the top layer (``VAE.encode``/``decode``)."""
     require_vae(vae, "the figures")
-    c = vae.config
-    device = data.test_x.device
-    shape = data.image_shape  # every image drawn is the data's (C, H, W)
     vae.eval()
-    figs: dict[str, Figure] = {}
-    with seeded(FIGURE_SEED, device):
-        x, y = data.test_x[:NUM_RECONSTRUCTED], data.test_y[:NUM_RECONSTRUCTED]
-        figs["reconstructions.png"] = plots.reconstructions_figure(
-            x, vae.reconstruct(x, labels_for(vae, y)), image_shape=shape
-        )
-        if c.num_classes:
-            labels = torch.arange(NUM_SHOWN, device=device) % c.num_classes
-            figs["samples.png"] = plots.samples_figure(
-                vae.sample(y=labels),
-                title="Samples from the prior (labels 0, 1, 2, ... in turn)",
-                image_shape=shape,
-            )
-            labels = torch.arange(c.num_classes, device=device).repeat_interleave(PER_CLASS)
-            figs["class_grid.png"] = plots.class_grid_figure(
-                vae.sample(y=labels), c.num_classes, PER_CLASS, image_shape=shape
-            )
-        else:
-            figs["samples.png"] = plots.samples_figure(vae.sample(NUM_SHOWN), image_shape=shape)
+    with seeded(FIGURE_SEED, data.test_x.device):
+        figs = _sample_figures(vae, data)
     if metrics:
         figs["training_curves.png"] = plots.training_curves_figure(metrics)
-
     means = encode_means(vae, data)
+    figs.update(_latent_scatter(vae, data, means))
+    figs["interpolation.png"] = _interpolation_figure(vae, data, means)
+    if vae.config.z_dim == 2:
+        figs.update(_manifold_figures(vae, data, grid, grid_extent, grid_size))
+    return figs
+
+
+def _sample_figures(vae: VAE, data: ImageData) -> dict[str, Figure]:
+    """Reconstructions, samples from the prior and, with labels, the class grid."""
+    c, device, shape = vae.config, data.test_x.device, data.image_shape
+    figs: dict[str, Figure] = {}
+    x, y = data.test_x[:NUM_RECONSTRUCTED], data.test_y[:NUM_RECONSTRUCTED]
+    figs["reconstructions.png"] = plots.reconstructions_figure(
+        x, vae.reconstruct(x, labels_for(vae, y)), image_shape=shape
+    )
+    if c.num_classes:
+        labels = torch.arange(NUM_SHOWN, device=device) % c.num_classes
+        figs["samples.png"] = plots.samples_figure(
+            vae.sample(y=labels),
+            title="Samples from the prior (labels 0, 1, 2, ... in turn)",
+            image_shape=shape,
+        )
+        labels = torch.arange(c.num_classes, device=device).repeat_interleave(PER_CLASS)
+        figs["class_grid.png"] = plots.class_grid_figure(
+            vae.sample(y=labels), c.num_classes, PER_CLASS, image_shape=shape
+        )
+    else:
+        figs["samples.png"] = plots.samples_figure(vae.sample(NUM_SHOWN), image_shape=shape)
+    return figs
+
+
+def _latent_scatter(vae: VAE, data: ImageData, means: torch.Tensor) -> dict[str, Figure]:
+    """The test set's codes: as they are for z_dim 2, their 2-D PCA above it."""
+    c = vae.config
     top = vae.sites[-1]  # "z", or the top of stacked latents (the layers below at their means)
     q = f"q({top} | x, y)" if c.num_classes else f"q({top} | x)"
     if c.z_dim == 2:
-        figs["latent_scatter.png"] = plots.latent_scatter_figure(
-            means, data.test_y, title=f"Test set encoded: means of {q} ({len(means)} digits)"
-        )
-    elif c.z_dim > 2:
-        proj, share = pca_2d(means)
-        figs["latent_scatter.png"] = plots.latent_scatter_figure(
-            proj,
-            data.test_y,
-            title=f"Test set encoded: 2-D PCA of the means of {q} (z_dim = {c.z_dim})",
-            xlabel=f"principal component 1 ({share[0]:.0%} of variance)",
-            ylabel=f"principal component 2 ({share[1]:.0%} of variance)",
-        )
+        title = f"Test set encoded: means of {q} ({len(means)} digits)"
+        return {"latent_scatter.png": plots.latent_scatter_figure(means, data.test_y, title=title)}
+    if c.z_dim < 2:
+        return {}
+    proj, share = pca_2d(means)
+    fig = plots.latent_scatter_figure(
+        proj,
+        data.test_y,
+        title=f"Test set encoded: 2-D PCA of the means of {q} (z_dim = {c.z_dim})",
+        xlabel=f"principal component 1 ({share[0]:.0%} of variance)",
+        ylabel=f"principal component 2 ({share[1]:.0%} of variance)",
+    )
+    return {"latent_scatter.png": fig}
 
+
+def _interpolation_figure(vae: VAE, data: ImageData, means: torch.Tensor) -> Figure:
+    """Decoded along straight lines between pairs of test codes."""
+    c, device = vae.config, data.test_x.device
     pairs = interpolation_pairs(data.test_y, bool(c.num_classes), INTERPOLATION_ROWS)
     ia, ib = (torch.tensor(i, device=device) for i in zip(*pairs, strict=True))
     ts = torch.linspace(0, 1, INTERPOLATION_STEPS, device=device)
     line = (1 - ts)[:, None, None] * means[ia] + ts[:, None, None] * means[ib]  # [K, P, z_dim]
     path = vae.decode(line, labels_for(vae, data.test_y[ia]))  # [K, P, D]
     how = "means of q; label held fixed" if c.num_classes else "means of q"
-    figs["interpolation.png"] = plots.interpolation_figure(
+    return plots.interpolation_figure(
         data.test_x[ia],
         path.transpose(0, 1),
         data.test_x[ib],
         ts.tolist(),
         title=f"Decoded along straight lines between two test digits' codes ({how})",
-        image_shape=shape,
+        image_shape=data.image_shape,
     )
 
-    if c.z_dim == 2:
-        spacing = "at N(0, 1) quantiles" if grid == "quantile" else "evenly spaced"
-        size = grid_size if not c.num_classes else min(grid_size, CLASS_GRID_SIZE)
-        v = torch.tensor(grid_values(size, grid, grid_extent), dtype=torch.float32, device=device)
-        unit = torch.stack(torch.meshgrid(v, v, indexing="xy"), -1).reshape(-1, 2)  # z1 fastest
-        what = f"{size}x{size} points {spacing}, prior mean ± {grid_extent:g} prior sd per axis"
-        if c.num_classes:
-            grids, decoded = [], []
-            for k in range(c.num_classes):
-                y = torch.full((len(unit),), k, device=device)
-                loc, scale = prior_loc_scale(vae, y[:1])
-                grids.append((loc[:, None] + scale[:, None] * v).cpu().numpy())  # [2, size]
-                decoded.append(vae.decode(loc + scale * unit, y))
-            g = np.stack(grids)
-            figs["class_manifolds.png"] = plots.class_manifolds_figure(
-                torch.stack(decoded),
-                g[:, 0],
-                g[:, 1],
-                title=f"Decoder means over a grid of z, one grid per label\n({what})",
-                image_shape=shape,
-            )
-        else:
-            loc, scale = prior_loc_scale(vae, None)
-            axes = (loc[:, None] + scale[:, None] * v).cpu().numpy()
-            figs["manifold.png"] = plots.manifold_figure(
-                vae.decode(loc + scale * unit),
-                axes[0],
-                axes[1],
-                title=f"Decoder means over a grid of z\n({what})",
-                image_shape=shape,
-            )
-    return figs
+
+def _manifold_figures(
+    vae: VAE, data: ImageData, grid: str, grid_extent: float, grid_size: int
+) -> dict[str, Figure]:
+    """z_dim 2: decoder means over a grid of z, one grid per label where there are labels."""
+    c, device, shape = vae.config, data.test_x.device, data.image_shape
+    spacing = "at N(0, 1) quantiles" if grid == "quantile" else "evenly spaced"
+    size = grid_size if not c.num_classes else min(grid_size, CLASS_GRID_SIZE)
+    v = torch.tensor(grid_values(size, grid, grid_extent), dtype=torch.float32, device=device)
+    unit = torch.stack(torch.meshgrid(v, v, indexing="xy"), -1).reshape(-1, 2)  # z1 fastest
+    what = f"{size}x{size} points {spacing}, prior mean ± {grid_extent:g} prior sd per axis"
+    if not c.num_classes:
+        loc, scale = prior_loc_scale(vae, None)
+        axes = (loc[:, None] + scale[:, None] * v).cpu().numpy()
+        fig = plots.manifold_figure(
+            vae.decode(loc + scale * unit),
+            axes[0],
+            axes[1],
+            title=f"Decoder means over a grid of z\n({what})",
+            image_shape=shape,
+        )
+        return {"manifold.png": fig}
+    grids, decoded = [], []
+    for k in range(c.num_classes):
+        y = torch.full((len(unit),), k, device=device)
+        loc, scale = prior_loc_scale(vae, y[:1])
+        grids.append((loc[:, None] + scale[:, None] * v).cpu().numpy())  # [2, size]
+        decoded.append(vae.decode(loc + scale * unit, y))
+    g = np.stack(grids)
+    fig = plots.class_manifolds_figure(
+        torch.stack(decoded),
+        g[:, 0],
+        g[:, 1],
+        title=f"Decoder means over a grid of z, one grid per label\n({what})",
+        image_shape=shape,
+    )
+    return {"class_manifolds.png": fig}
 
 
 def write_run_figures(
