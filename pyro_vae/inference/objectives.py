@@ -302,6 +302,28 @@ def analytic_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> se
     return ok
 
 
+class _TermLists:
+    """walk's per-site terms, as Pyro's ELBOs weigh them (``scaled``) and unweighted."""
+
+    KINDS = ("log_lik", "log_p", "log_q", "kl")
+
+    def __init__(self) -> None:
+        self.scaled: dict[str, list[Tensor]] = {k: [] for k in self.KINDS}
+        self.raw: dict[str, list[Tensor]] = {k: [] for k in self.KINDS}
+
+    def add(self, kind: str, raw: Tensor, scaled: Tensor) -> None:
+        self.raw[kind].append(raw)
+        self.scaled[kind].append(scaled)
+
+
+def _closed_form_kl(guide_site: dict, model_site: dict) -> Tensor | None:
+    """KL(q || p) of one latent site in closed form, masked; None where none is registered."""
+    try:
+        return _masked(kl_divergence(guide_site["fn"], model_site["fn"]), guide_site)
+    except NotImplementedError:
+        return None
+
+
 def walk(
     model: Callable,
     guide: Callable,
@@ -339,8 +361,7 @@ def walk(
     )
     batch = check_traces(model_trace, guide_trace, need_rsample=need_rsample)
     closed_form = analytic_sites(model_trace, guide_trace) if analytic_kl else set()
-    scaled = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
-    raw = {"log_lik": [], "log_p": [], "log_q": [], "kl": []}
+    terms = _TermLists()
     estimators: dict[str, str] = {}
     enum_log_q, observed_log_q, observed = [], [], None
     for name, site in model_trace.nodes.items():
@@ -350,10 +371,8 @@ def walk(
         latent = _masked_observation(name, model_trace) if site["is_observed"] else None
         if latent is not None:
             # log p(y) of the given labels: a prior term, with no guide density of its own.
-            raw["log_p"].append(log_p)
-            scaled["log_p"].append(_scaled(log_p, site))
-            raw["kl"].append(-log_p)
-            scaled["kl"].append(-_scaled(log_p, site))
+            terms.add("log_p", log_p, _scaled(log_p, site))
+            terms.add("kl", -log_p, -_scaled(log_p, site))
             q = guide_trace.nodes[latent]["fn"]
             observed_log_q.append(_masked(q.log_prob(site["value"]), site))
             given = torch.ones(batch, dtype=torch.bool, device=log_p.device)
@@ -361,8 +380,7 @@ def walk(
             observed = given if observed is None else observed | given
             continue
         if site["is_observed"]:
-            raw["log_lik"].append(log_p)
-            scaled["log_lik"].append(_scaled(log_p, site))
+            terms.add("log_lik", log_p, _scaled(log_p, site))
             continue
         guide_site = guide_trace.nodes[name]
         if _enumerated(guide_site):
@@ -370,25 +388,17 @@ def walk(
             # enumerated values carry terms that do not depend on them, and sum to 1).
             enum_log_q.append(guide_site["fn"].log_prob(guide_site["value"]))
         log_q = _masked(guide_site["fn"].log_prob(guide_site["value"]), guide_site)
-        kl = None
-        if name in closed_form:
-            try:
-                kl = _masked(kl_divergence(guide_site["fn"], site["fn"]), guide_site)
-            except NotImplementedError:
-                pass
+        kl = _closed_form_kl(guide_site, site) if name in closed_form else None
         estimators[name] = "monte-carlo" if kl is None else "analytic"
         if _enumerated(guide_site):
             estimators[name] = "enumerated"
-        raw["log_p"].append(log_p)
-        raw["log_q"].append(log_q)
-        scaled["log_p"].append(_scaled(log_p, site))
-        scaled["log_q"].append(_scaled(log_q, guide_site))
+        terms.add("log_p", log_p, _scaled(log_p, site))
+        terms.add("log_q", log_q, _scaled(log_q, guide_site))
         if kl is None:
-            raw["kl"].append(log_q - log_p)
-            scaled["kl"].append(_scaled(log_q, guide_site) - _scaled(log_p, site))
+            terms.add("kl", log_q - log_p, _scaled(log_q, guide_site) - _scaled(log_p, site))
         else:
-            raw["kl"].append(kl)
-            scaled["kl"].append(_scaled(kl, guide_site))
+            terms.add("kl", kl, _scaled(kl, guide_site))
+    scaled, raw = terms.scaled, terms.raw
     ref = raw["log_lik"][0]
     p = num_particles if num_particles > 1 or always_plate else 1
     enum = _enum_shape(guide_trace, -2) if enumerate else ()
