@@ -26,6 +26,7 @@ IWAE-paper VAE at 1811 passes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -184,8 +185,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--resume", action="store_true", help="continue each draw from OUT's checkpoint")
     p.add_argument("--train-subset", type=int, default=0, help="the first N images (0: all)")
     args = p.parse_args(argv)
-    m1, _ = load_vae(args.m1)
+    m1, m1_ckpt = load_vae(args.m1)
     m1.eval()
+    args.m1_epoch = m1_ckpt["epoch"]  # recorded in each draw's config.json, with the file's hash
+    args.m1_sha256 = hashlib.sha256((args.m1 / "checkpoint.pt").read_bytes()).hexdigest()
     x, y = mnist(args.data_dir, train=True)
     x_test, y_test = mnist(args.data_dir, train=False)
     if args.train_subset:
@@ -203,8 +206,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     finals = [100 * r["test_accuracy"] for r in lasts]
     spread = f" +- {statistics.stdev(finals):.2f}" if len(finals) > 1 else ""
     print(
-        f"M1 + M2, {args.labelled} labels, {args.draws} draws, {args.epochs} epochs: test accuracy "
-        f"{statistics.mean(finals):.2f}{spread}% ({', '.join(f'{a:.2f}' for a in finals)}); "
+        f"M1 + M2, {args.labelled} labels, {len(finals)} draws, {args.epochs} epochs: "
+        f"test accuracy {statistics.mean(finals):.2f}{spread}% "
+        f"({', '.join(f'{a:.2f}' for a in finals)}); "
         f"paper: {PAPER_M1_M2.get(args.labelled, 'n/a')}%"
     )
     return lasts

@@ -21,6 +21,7 @@ What a user relies on:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -502,7 +503,7 @@ def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(
     sys.path.insert(0, str(root / "benchmarks"))
     import m1_m2
 
-    m1 = root / "results" / "iwae-paper" / "vae-k1"
+    m1 = root / "results" / "semi-supervised" / "m1-iwae-vae-1811"  # the M1 the docs measure
     args = ["--m1", str(m1), "--data-dir", str(mnist_dir), "--out", str(tmp_path)]
     args += ["--labelled", "20", "--labelled-per-batch", "4", "--batch-size", "32"]
     args += ["--draws", "1", "--epochs", "2", "--train-subset", "640", "--step", "fx"]
@@ -528,3 +529,6 @@ def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(
     config = json.loads((run / "config.json").read_text())
     # The IWAE-paper VAE leaves about half of its 50 units inactive: fewer codes than units.
     assert 0 < config["code_dims"] < 50
+    # Which M1 the draw used: its epoch and its checkpoint's hash.
+    assert config["m1_epoch"] == 1811
+    assert config["m1_sha256"] == hashlib.sha256((m1 / "checkpoint.pt").read_bytes()).hexdigest()
