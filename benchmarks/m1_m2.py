@@ -45,6 +45,7 @@ from pyro_vae.training.schedules import make_optimizer
 
 PAPER_M1_M2 = {100: 96.67, 600: 97.41, 1000: 97.60, 3000: 97.82}  # Table 1 (reference notes)
 MIN_SCALE = 1e-3
+GRID_PER_CLASS = 10  # --class-grid: samples per label
 
 
 def gaussian_codes(out: torch.Tensor) -> dist.Distribution:
@@ -75,6 +76,45 @@ def codes(m1: VAE, gray: torch.Tensor, seed: int, sample: bool) -> torch.Tensor:
     return torch.cat(out)
 
 
+def build_m2(args: argparse.Namespace, d: int) -> VAE:
+    """M2 over d-dimensional codes: the library's semi-supervised VAE, a user likelihood."""
+    return VAE(
+        z_dim=args.z_dim,
+        hidden_dims=(args.hidden,),
+        activation="softplus",
+        num_classes=10,
+        classifier="mlp",
+        classifier_dims=(args.hidden,),
+        image_shape=(1, 1, d),
+        likelihood=gaussian_codes,
+    )
+
+
+@torch.no_grad()
+def class_grid(args: argparse.Namespace, m1: VAE, data: dict, draw: int, out: Path) -> Path:
+    """The class-conditional samples of a trained draw: y given, z2 ~ p(z2), the code
+    E[z1 | z2, y] from M2 (0, M1's prior mean, on inactive units), then M1's decoder mean."""
+    from pyro_vae.figures.plots import class_grid_figure
+
+    if not (out / "checkpoint.pt").exists():
+        raise SystemExit(
+            f"error: {out} has no checkpoint.pt: train the draw first (drop --class-grid)"
+        )
+    m2 = build_m2(args, data["test"].shape[1])
+    m2.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=False)["m2"])
+    m2.eval()
+    torch.manual_seed(draw)
+    labels = torch.arange(10).repeat_interleave(GRID_PER_CLASS)
+    codes_ = m2.sample(y=labels)
+    z1 = torch.zeros(len(labels), m1.config.z_dim)
+    z1[:, data["units"] if data["units"] is not None else slice(None)] = codes_
+    path = out / "class_grid.png"
+    fig = class_grid_figure(m1.decode(z1), 10, GRID_PER_CLASS, image_shape=(1, 28, 28))
+    fig.savefig(path)
+    print(f"wrote {path}")
+    return path
+
+
 def train_draw(args: argparse.Namespace, m1: VAE, data: dict, draw: int, out: Path) -> dict:
     torch.manual_seed(draw)
     x_train, y_train, test_codes, y_test = data["x"], data["y"], data["test"], data["y_test"]
@@ -88,16 +128,7 @@ def train_draw(args: argparse.Namespace, m1: VAE, data: dict, draw: int, out: Pa
     alpha = args.alpha_scale * semi_supervised_alpha(
         len(y_train), args.labelled_per_batch * batches
     )
-    m2 = VAE(
-        z_dim=args.z_dim,
-        hidden_dims=(args.hidden,),
-        activation="softplus",
-        num_classes=10,
-        classifier="mlp",
-        classifier_dims=(args.hidden,),
-        image_shape=(1, 1, d),
-        likelihood=gaussian_codes,
-    )
+    m2 = build_m2(args, d)
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr)
     optimizer = make_optimizer(m2, config)
     rows, start = [], 1
@@ -184,6 +215,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     p.add_argument("--resume", action="store_true", help="continue each draw from OUT's checkpoint")
     p.add_argument("--train-subset", type=int, default=0, help="the first N images (0: all)")
+    p.add_argument(
+        "--class-grid",
+        action="store_true",
+        help="no training: each trained draw's class-conditional samples, OUT/.../class_grid.png",
+    )
     args = p.parse_args(argv)
     m1, m1_ckpt = load_vae(args.m1)
     m1.eval()
@@ -202,7 +238,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lasts = []
     for draw in range(args.first_draw, args.draws):
         out = args.out / f"labels{args.labelled}" / f"draw{draw}"
+        if args.class_grid:
+            class_grid(args, m1, data, draw, out)
+            continue
         lasts.append(train_draw(args, m1, data, draw, out))
+    if args.class_grid:
+        return []
     finals = [100 * r["test_accuracy"] for r in lasts]
     spread = f" +- {statistics.stdev(finals):.2f}" if len(finals) > 1 else ""
     print(

@@ -532,3 +532,12 @@ def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(
     # Which M1 the draw used: its epoch and its checkpoint's hash.
     assert config["m1_epoch"] == 1811
     assert config["m1_sha256"] == hashlib.sha256((m1 / "checkpoint.pt").read_bytes()).hexdigest()
+    # --class-grid draws a trained draw's class-conditional samples, and trains nothing.
+    import matplotlib.pyplot as plt
+
+    assert m1_m2.main([*args, "--class-grid"]) == []
+    grid = plt.imread(run / "class_grid.png")
+    assert grid.ndim == 3 and grid.shape[0] > 200 and grid[..., :3].std() > 0.1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # no epoch added
+    with pytest.raises(SystemExit, match="has no checkpoint.pt"):  # a draw never trained
+        m1_m2.main([*args, "--class-grid", "--out", str(tmp_path / "none")])
