@@ -191,6 +191,25 @@ def train_draw(args: argparse.Namespace, m1: VAE, data: dict, draw: int, out: Pa
     return rows[-1]
 
 
+def summary(args: argparse.Namespace) -> list[dict]:
+    """Prints the mean and spread over the draws of the test accuracy every 10 epochs (and at
+    the last epoch all the draws reached); returns each draw's row at that epoch."""
+    runs = {}
+    for draw in range(args.first_draw, args.draws):
+        path = args.out / f"labels{args.labelled}" / f"draw{draw}" / "metrics.jsonl"
+        if not path.exists():
+            raise SystemExit(f"error: {path} is missing: train draw {draw} first")
+        runs[draw] = [json.loads(line) for line in path.read_text().splitlines()]
+    last = min(len(rows) for rows in runs.values())
+    print(f"{'epoch':>5}  {'mean':>6}  {'sd':>5}  " + "  ".join(f"draw {d}" for d in runs))
+    for e in sorted({*range(10, last + 1, 10), last}):
+        accs = [100 * rows[e - 1]["test_accuracy"] for rows in runs.values()]
+        sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        cells = "  ".join(f"{a:>6.2f}" for a in accs)
+        print(f"{e:>5}  {statistics.mean(accs):>6.2f}  {sd:>5.2f}  {cells}")
+    return [rows[last - 1] for rows in runs.values()]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """The last epoch's metrics of every draw."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -216,11 +235,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--resume", action="store_true", help="continue each draw from OUT's checkpoint")
     p.add_argument("--train-subset", type=int, default=0, help="the first N images (0: all)")
     p.add_argument(
+        "--summary",
+        action="store_true",
+        help="no training: the draws' test accuracy every 10 epochs, from OUT's metrics",
+    )
+    p.add_argument(
         "--class-grid",
         action="store_true",
         help="no training: each trained draw's class-conditional samples, OUT/.../class_grid.png",
     )
     args = p.parse_args(argv)
+    if args.summary:
+        return summary(args)
     m1, m1_ckpt = load_vae(args.m1)
     m1.eval()
     args.m1_epoch = m1_ckpt["epoch"]  # recorded in each draw's config.json, with the file's hash

@@ -541,3 +541,10 @@ def test_the_m1_m2_benchmark_fits_the_library_vae_on_a_trained_runs_codes(
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # no epoch added
     with pytest.raises(SystemExit, match="has no checkpoint.pt"):  # a draw never trained
         m1_m2.main([*args, "--class-grid", "--out", str(tmp_path / "none")])
+    capsys.readouterr()
+    # --summary: the draws' accuracy from their metrics, every 10 epochs and at the last.
+    assert m1_m2.main([*args, "--summary"]) == [resumed]
+    table = capsys.readouterr().out.splitlines()
+    assert table[-1].split()[:2] == ["3", f"{100 * resumed['test_accuracy']:.2f}"]
+    with pytest.raises(SystemExit, match="train draw 1 first"):
+        m1_m2.main([*args, "--summary", "--draws", "2"])
