@@ -234,9 +234,13 @@ def print_table(results: dict[tuple[str, int], list[dict]], ends: list[int]) -> 
         f"\npreset -L100 after {ends[-1]} passes: mean {mean:.2f} over {len(ref)} seed(s)"
         + (f", sd between seeds {spread:.2f}" if spread is not None else "")
     )
+    paired = {s: rows for (v, s), rows in results.items() if v == "preset"}
     for (variant, seed), rows in results.items():
         if variant != "preset":
-            print(f"{variant:<15} seed {seed}: {rows[last][key] - mean:+.2f} nats against it")
+            line = f"{variant:<15} seed {seed}: {rows[last][key] - mean:+.2f} nats against it"
+            if seed in paired:  # the same initial weights, data order and noise
+                line += f", {rows[last][key] - paired[seed][last][key]:+.2f} against seed {seed}"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import config_enumerate
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 PARTICLE_PLATE = "num_particles_vectorized"
 
@@ -303,17 +303,55 @@ def analytic_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> se
 
 
 class _TermLists:
-    """walk's per-site terms, as Pyro's ELBOs weigh them (``scaled``) and unweighted."""
+    """walk's per-site terms, as Pyro's ELBOs weigh them (``scaled``) and unweighted, and what
+    the sites say besides: each latent's estimator, the enumeration weights, and the guide's
+    density of the labels an ``obs_mask`` site observed (with which images those are)."""
 
     KINDS = ("log_lik", "log_p", "log_q", "kl")
 
     def __init__(self) -> None:
         self.scaled: dict[str, list[Tensor]] = {k: [] for k in self.KINDS}
         self.raw: dict[str, list[Tensor]] = {k: [] for k in self.KINDS}
+        self.estimators: dict[str, str] = {}
+        self.enum_log_q: list[Tensor] = []
+        self.observed_log_q: list[Tensor] = []
+        self.observed: Tensor | None = None
 
     def add(self, kind: str, raw: Tensor, scaled: Tensor) -> None:
         self.raw[kind].append(raw)
         self.scaled[kind].append(scaled)
+
+    def add_given_label(self, site: dict, q: Distribution, log_p: Tensor, batch: int) -> None:
+        """The observed half of an ``obs_mask`` site: log p(y) of the given labels is a prior
+        term with no guide density of its own; q(y | x) at them is kept apart."""
+        self.add("log_p", log_p, _scaled(log_p, site))
+        self.add("kl", -log_p, -_scaled(log_p, site))
+        self.observed_log_q.append(_masked(q.log_prob(site["value"]), site))
+        given = torch.ones(batch, dtype=torch.bool, device=log_p.device)
+        given = given if site["mask"] is None else given & site["mask"].reshape(-1, batch)[0]
+        self.observed = given if self.observed is None else self.observed | given
+
+    def add_latent(
+        self, name: str, site: dict, guide_site: dict, log_p: Tensor, closed_form: bool
+    ) -> None:
+        """A latent site: its KL term in closed form where ``closed_form`` and one is
+        registered, else log q(z) - log p(z) at the guide's draw; for an enumerated site, the
+        weights of the exact sum too."""
+        if _enumerated(guide_site):
+            # The weights of the exact sum: q of each value, unmasked (a masked image's
+            # enumerated values carry terms that do not depend on them, and sum to 1).
+            self.enum_log_q.append(guide_site["fn"].log_prob(guide_site["value"]))
+        log_q = _masked(guide_site["fn"].log_prob(guide_site["value"]), guide_site)
+        kl = _closed_form_kl(guide_site, site) if closed_form else None
+        self.estimators[name] = "monte-carlo" if kl is None else "analytic"
+        if _enumerated(guide_site):
+            self.estimators[name] = "enumerated"
+        self.add("log_p", log_p, _scaled(log_p, site))
+        self.add("log_q", log_q, _scaled(log_q, guide_site))
+        if kl is None:
+            self.add("kl", log_q - log_p, _scaled(log_q, guide_site) - _scaled(log_p, site))
+        else:
+            self.add("kl", kl, _scaled(kl, guide_site))
 
 
 def _closed_form_kl(guide_site: dict, model_site: dict) -> Tensor | None:
@@ -362,42 +400,17 @@ def walk(
     batch = check_traces(model_trace, guide_trace, need_rsample=need_rsample)
     closed_form = analytic_sites(model_trace, guide_trace) if analytic_kl else set()
     terms = _TermLists()
-    estimators: dict[str, str] = {}
-    enum_log_q, observed_log_q, observed = [], [], None
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["infer"].get("_deterministic"):
             continue
         log_p = _masked(site["fn"].log_prob(site["value"]), site)
         latent = _masked_observation(name, model_trace) if site["is_observed"] else None
         if latent is not None:
-            # log p(y) of the given labels: a prior term, with no guide density of its own.
-            terms.add("log_p", log_p, _scaled(log_p, site))
-            terms.add("kl", -log_p, -_scaled(log_p, site))
-            q = guide_trace.nodes[latent]["fn"]
-            observed_log_q.append(_masked(q.log_prob(site["value"]), site))
-            given = torch.ones(batch, dtype=torch.bool, device=log_p.device)
-            given = given if site["mask"] is None else given & site["mask"].reshape(-1, batch)[0]
-            observed = given if observed is None else observed | given
-            continue
-        if site["is_observed"]:
+            terms.add_given_label(site, guide_trace.nodes[latent]["fn"], log_p, batch)
+        elif site["is_observed"]:
             terms.add("log_lik", log_p, _scaled(log_p, site))
-            continue
-        guide_site = guide_trace.nodes[name]
-        if _enumerated(guide_site):
-            # The weights of the exact sum: q of each value, unmasked (a masked image's
-            # enumerated values carry terms that do not depend on them, and sum to 1).
-            enum_log_q.append(guide_site["fn"].log_prob(guide_site["value"]))
-        log_q = _masked(guide_site["fn"].log_prob(guide_site["value"]), guide_site)
-        kl = _closed_form_kl(guide_site, site) if name in closed_form else None
-        estimators[name] = "monte-carlo" if kl is None else "analytic"
-        if _enumerated(guide_site):
-            estimators[name] = "enumerated"
-        terms.add("log_p", log_p, _scaled(log_p, site))
-        terms.add("log_q", log_q, _scaled(log_q, guide_site))
-        if kl is None:
-            terms.add("kl", log_q - log_p, _scaled(log_q, guide_site) - _scaled(log_p, site))
         else:
-            terms.add("kl", kl, _scaled(kl, guide_site))
+            terms.add_latent(name, site, guide_trace.nodes[name], log_p, name in closed_form)
     scaled, raw = terms.scaled, terms.raw
     ref = raw["log_lik"][0]
     p = num_particles if num_particles > 1 or always_plate else 1
@@ -409,10 +422,10 @@ def walk(
     return SiteTerms(
         **{k: total(v) for k, v in scaled.items()},
         **{f"raw_{k}": total(v) for k, v in raw.items()},
-        estimators=estimators,
-        enum_log_q=total(enum_log_q) if enum else None,
-        observed_log_q=total(observed_log_q, ()) if observed_log_q else None,
-        observed=observed,
+        estimators=terms.estimators,
+        enum_log_q=total(terms.enum_log_q) if enum else None,
+        observed_log_q=total(terms.observed_log_q, ()) if terms.observed_log_q else None,
+        observed=terms.observed,
     )
 
 
